@@ -1,0 +1,5 @@
+"""ownmark: watermark image classifiers and prove ownership through their prediction API."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

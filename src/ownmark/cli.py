@@ -1,0 +1,383 @@
+"""The ``ownmark`` command line: parses arguments, calls the library, prints results.
+
+Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ownmark import __version__
+from ownmark.errors import ConfigError, OwnmarkError
+
+EXIT_OK, EXIT_NOT_OWNED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+log = logging.getLogger("ownmark")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, like every other ownmark error, instead of argparse's usage dump.
+        self.exit(EXIT_ERROR, f"ownmark: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------- argument groups
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="digits", metavar="NAME",
+        help="data set: digits (built in, default), mnist, cifar10, cifar100, folder",
+    )
+    parser.add_argument("--data-path", metavar="PATH", help="where the data set's files are")
+
+
+def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
+    parser.add_argument("--model", metavar="ARCH", help="architecture (see 'ownmark list models')")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--batch-size", type=int, default=128, help="default 128 (Table 7)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, default 0.01")
+    parser.add_argument("--momentum", type=float, default=0.9, help="default 0.9")
+    parser.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--device", default="cpu", help="torch device, default cpu")
+    parser.add_argument("--out", required=True, type=Path, help="model file to write")
+    parser.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
+    parser.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ownmark", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"ownmark {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+
+    show = commands.add_parser("list", help="list schemes, models, attacks or data sets")
+    show.add_argument("what", nargs="?", default="all",
+                      choices=["all", "schemes", "models", "attacks", "datasets"])
+
+    data = commands.add_parser("data", help="download data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    download = data_commands.add_parser("download", help="download and verify a data set")
+    download.add_argument("name", choices=["mnist", "cifar10", "cifar100"])
+    download.add_argument("--to", required=True, type=Path, help="folder to download into")
+    download.add_argument("--mirror", help="base URL to use instead of the official address")
+
+    keygen = commands.add_parser("keygen", help="generate a watermark key")
+    keygen.add_argument("--scheme", required=True, help="see 'ownmark list schemes'")
+    _add_data(keygen)
+    keygen.add_argument("--out", required=True, type=Path, help="key file to write")
+    keygen.add_argument("--seed", type=int, default=0, help="default 0")
+    keygen.add_argument("--num-keys", type=int, help="trigger images (default 100)")
+    keygen.add_argument("--source-class", type=int, help="default 1")
+    keygen.add_argument("--target-class", type=int, help="key label, default 0")
+    keygen.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="scheme parameter, e.g. -p text=TEST -p logo=logo.png")
+    keygen.add_argument("--preview", type=Path, help="also save a PNG of originals and triggers")
+
+    preview = commands.add_parser("preview", help="save a PNG of a key's images")
+    preview.add_argument("key", type=Path)
+    preview.add_argument("--out", required=True, type=Path)
+    preview.add_argument("--count", type=int, default=16)
+
+    train = commands.add_parser("train", help="train a clean model")
+    _add_data(train)
+    _add_training(train, epochs=50)
+
+    embed = commands.add_parser("embed", help="train (or fine-tune) a model with a key embedded")
+    embed.add_argument("--key", required=True, type=Path)
+    _add_data(embed)
+    _add_training(embed, epochs=50)
+    embed.add_argument("--from", dest="init", type=Path, help="fine-tune this model file")
+    embed.add_argument("--key-ratio", type=float, default=0.05,
+                       help="fraction of each epoch that is key samples, default 0.05")
+
+    verify = commands.add_parser("verify", help="verify ownership of a suspect model")
+    verify.add_argument("--key", required=True, type=Path)
+    verify.add_argument("--model", required=True, type=Path, help="suspect model file")
+    verify.add_argument("--alpha", type=float, default=1e-6, help="false-claim rate, default 1e-6")
+    verify.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
+    verify.add_argument("--json", type=Path, help="write the result as JSON")
+
+    attack = commands.add_parser("attack", help="attack a model (pruning, fine-tuning)")
+    attack_commands = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
+    prune = attack_commands.add_parser("prune", help="magnitude pruning")
+    prune.add_argument("--rate", required=True,
+                       help="fraction to zero: 0.5, a list 0.1,0.5 or a sweep 0.1..0.9")
+    prune.add_argument("--per-layer", action="store_true", help="prune each layer by the rate")
+    finetune = attack_commands.add_parser("finetune", help="fine-tune on half of the test set")
+    finetune.add_argument("--epochs", type=int, default=10, help="default 10")
+    finetune.add_argument("--lr", type=float, default=0.01, help="default 0.01")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--device", default="cpu")
+    for sub in (prune, finetune):
+        sub.add_argument("--model", required=True, type=Path, help="model file to attack")
+        sub.add_argument("--key", type=Path, help="measure watermark accuracy with this key")
+        _add_data(sub)
+        sub.add_argument("--out", type=Path, help="attacked model file (one rate only)")
+        sub.add_argument("--metrics", type=Path, help="metrics JSON")
+
+    demo = commands.add_parser("demo", help="the whole flow on the built-in MNIST digits")
+    demo.add_argument("--out", type=Path, default=Path("ownmark-demo"), help="output folder")
+    demo.add_argument("--scheme", default="content", help="default content")
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs, default 8")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from ownmark.data import load_dataset
+
+    return load_dataset(args.data, args.data_path)
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"scheme parameters look like NAME=VALUE, got {pair!r}")
+        params[name.strip().replace("-", "_")] = value
+    return params
+
+
+def parse_rates(text: str) -> list[float]:
+    """``0.5`` → [0.5]; ``0.1,0.5`` → [0.1, 0.5]; ``0.1..0.9`` → 0.1, 0.2, …, 0.9."""
+    try:
+        if ".." in text:
+            lo_text, hi_text = text.split("..")
+            lo, hi = float(lo_text), float(hi_text)
+            steps = round((hi - lo) / 0.1)
+            rates = [round(lo + 0.1 * i, 10) for i in range(steps + 1)]
+        else:
+            rates = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--rate takes 0.5, 0.1,0.5 or 0.1..0.9, got {text!r}") from None
+    if not rates or any(not 0 <= r <= 1 for r in rates):
+        raise ConfigError(f"pruning rates must lie in 0..1, got {text!r}")
+    return rates
+
+
+def _train_config(args: argparse.Namespace, key_ratio: float = 0.05) -> Any:
+    from ownmark.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        seed=args.seed, key_ratio=key_ratio, augment=args.augment, device=args.device,
+    )
+
+
+def _metrics_path(args: argparse.Namespace) -> Path:
+    return args.metrics if args.metrics is not None else args.out.with_suffix(".json")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ownmark.attacks import get_attack_class, list_attacks
+    from ownmark.data import DATASET_DESCRIPTIONS
+    from ownmark.models import model_descriptions
+    from ownmark.schemes import get_scheme_class, list_schemes, scheme_parameters
+
+    if args.what in ("all", "schemes"):
+        print("schemes:")
+        for name in list_schemes():
+            print(f"  {name:10s} {get_scheme_class(name).summary}")
+            params = ", ".join(f"{k}={v!r}" for k, (_, v) in scheme_parameters(name).items())
+            print(f"  {'':10s}   parameters: {params}")
+    if args.what in ("all", "models"):
+        print("models:")
+        for name, text in model_descriptions().items():
+            print(f"  {name:14s} {text}")
+    if args.what in ("all", "attacks"):
+        print("attacks:")
+        for name in list_attacks():
+            print(f"  {name:10s} {get_attack_class(name).summary}")
+    if args.what in ("all", "datasets"):
+        print("data sets:")
+        for name, text in DATASET_DESCRIPTIONS.items():
+            print(f"  {name:10s} {text}")
+    return EXIT_OK
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ownmark.data import download_dataset
+
+    files = download_dataset(args.name, args.to, mirror=args.mirror, progress=_progress(args))
+    for file in files:
+        print(f"verified {file}")
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ownmark.preview import save_preview
+    from ownmark.schemes import create_scheme
+    from ownmark.keys import save_key
+
+    params: dict[str, Any] = _parse_params(args.param)
+    for name in ("num_keys", "source_class", "target_class"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    scheme = create_scheme(args.scheme, **params)
+    data = _load_data(args)
+    key = scheme.generate(data, seed=args.seed, dataset=args.data)
+    if args.preview is not None:
+        save_preview(key, args.preview)
+    commitment = save_key(key, args.out)
+    print(f"wrote {args.out}: {len(key)} '{key.scheme}' key samples, label {int(key.labels[0])}")
+    print(f"commitment {commitment}")
+    if args.preview is not None:
+        print(f"preview {args.preview}")
+    return EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from ownmark.keys import load_key
+    from ownmark.preview import save_preview
+
+    save_preview(load_key(args.key), args.out, args.count)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ownmark.keys import load_key
+    from ownmark.models import load_model
+    from ownmark.workflows import train_model
+
+    embedding = args.command == "embed"
+    key = load_key(args.key) if embedding else None
+    init = load_model(args.init) if embedding and args.init is not None else None
+    data = _load_data(args)
+    config = _train_config(args, key_ratio=args.key_ratio if embedding else 0.0)
+    _, result = train_model(
+        data, config, arch=args.model, key=key, init=init, out=args.out,
+        metrics_out=_metrics_path(args), checkpoint=args.checkpoint, resume=args.resume,
+        progress=_progress(args),
+    )
+    print(f"wrote {args.out} and {_metrics_path(args)}")
+    print(f"test accuracy {_fmt(result.test_accuracy)}", end="")
+    if key is not None:
+        print(f", watermark accuracy {_fmt(result.watermark_accuracy)}", end="")
+    print(f", {result.epochs} epochs in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ownmark.fileio import write_json_atomic
+    from ownmark.keys import load_key
+    from ownmark.models import load_model
+    from ownmark.verify import LocalModelSuspect, Verdict, verify_ownership
+    from ownmark.workflows import check_compatible
+
+    key = load_key(args.key)
+    model = load_model(args.model)
+    check_compatible(model, key=key)
+    result = verify_ownership(
+        key, LocalModelSuspect(model, str(args.model)), alpha=args.alpha, p0=args.p0
+    )
+    print(f"matches {result.matches}/{result.queries}, watermark accuracy "
+          f"{_fmt(result.watermark_accuracy)}, errors {result.errors}")
+    print(f"p-value {result.p_value:.3e} (exact binomial, p0={result.p0:g} [{key.p0_source}], "
+          f"alpha={result.alpha:g})")
+    print(f"verdict: {result.verdict.value}")
+    if args.json is not None:
+        write_json_atomic(args.json, result.summary())
+    return {
+        Verdict.OWNED: EXIT_OK,
+        Verdict.NOT_OWNED: EXIT_NOT_OWNED,
+        Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE,
+    }[result.verdict]
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from ownmark.attacks import AttackData, FineTuning, MagnitudePruning
+    from ownmark.fileio import write_json_atomic
+    from ownmark.keys import load_key
+    from ownmark.models import load_model
+    from ownmark.workflows import attack_model, check_compatible, run_record
+
+    model = load_model(args.model)
+    key = load_key(args.key) if args.key is not None else None
+    data = _load_data(args)
+    check_compatible(model, key=key, data=data)
+    if args.attack == "finetune":
+        first, second = data.test.halves()
+        attack = FineTuning(epochs=args.epochs, lr=args.lr, seed=args.seed, device=args.device,
+                            progress=_progress(args))
+        _, metrics = attack_model(model, attack, data=AttackData(train=first, test=second),
+                                  key=key, out=args.out)
+        rows = [metrics]
+    else:
+        rates = parse_rates(args.rate)
+        if len(rates) > 1 and args.out is not None:
+            raise ConfigError("--out takes one pruning rate; drop --out to sweep several rates")
+        scope = "layer" if args.per_layer else "global"
+        rows = []
+        for rate in rates:
+            _, metrics = attack_model(model, MagnitudePruning(rate, scope),
+                                      data=AttackData(test=data.test), key=key, out=args.out)
+            rows.append(metrics)
+    print(f"{'attack':24s} {'test acc':>9s} {'wm acc':>9s}")
+    for row in rows:
+        label = ", ".join(f"{k}={v}" for k, v in row["attack"].items() if k in ("attack", "rate", "scope", "epochs"))
+        print(f"{label:24s} {_fmt(row['test_accuracy']):>9s} {_fmt(row['watermark_accuracy']):>9s}")
+    if args.metrics is not None or args.out is not None:
+        path = args.metrics or args.out.with_suffix(".json")
+        write_json_atomic(path, rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows))
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ownmark.demo import run_demo
+
+    summary = run_demo(args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
+                       progress=_progress(args))
+    print(summary.table())
+    print(f"files in {args.out}/")
+    return EXIT_OK if summary.correct else EXIT_NOT_OWNED
+
+
+COMMANDS = {
+    "list": cmd_list, "data": cmd_data, "keygen": cmd_keygen, "preview": cmd_preview,
+    "train": cmd_train, "embed": cmd_train, "verify": cmd_verify, "attack": cmd_attack,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ownmark`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ownmark: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except OwnmarkError as exc:
+        print(f"ownmark: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ownmark: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

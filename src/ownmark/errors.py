@@ -1,0 +1,26 @@
+"""Errors that the CLI turns into one line on stderr and exit code 2.
+
+Every message says what is wrong and what to do about it; callers never need a traceback.
+"""
+
+from __future__ import annotations
+
+
+class OwnmarkError(Exception):
+    """Base class for every error ownmark raises on bad input."""
+
+
+class DataError(OwnmarkError):
+    """A data set is missing, corrupt or in an unexpected format."""
+
+
+class KeyFileError(OwnmarkError):
+    """A key file is missing, corrupt, or was edited after it was created."""
+
+
+class ModelFileError(OwnmarkError):
+    """A model file is missing, corrupt, or does not match what was asked."""
+
+
+class ConfigError(OwnmarkError):
+    """An argument or parameter is invalid (unknown name, out-of-range value, mismatch)."""

@@ -1,0 +1,46 @@
+"""Pure metric functions: they return numbers and never print (like RobustBench's)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 → float in [0, 1], the input every ownmark model expects."""
+    return images.float().div_(255.0)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | None = None
+) -> torch.Tensor:
+    """Top-1 labels (int64, on CPU) of ``model`` for uint8 ``images`` (N×C×H×W).
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    target = device or next(iter(model.parameters())).device.type
+    outputs = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = to_float_images(images[start : start + batch_size].to(target))
+            outputs.append(model(batch).argmax(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.int64)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Fraction of ``images`` whose top-1 prediction equals ``labels`` (0.0 for no images)."""
+    if len(images) == 0:
+        return 0.0
+    return float((predict(model, images, batch_size) == labels.cpu()).float().mean())
+
+
+def match_rate(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of positions where ``predictions`` equal ``labels``."""
+    if len(labels) == 0:
+        return 0.0
+    return float((predictions == labels).float().mean())

@@ -1,0 +1,29 @@
+"""Watermark schemes, one file each, enumerated through a registry.
+
+>>> from ownmark.schemes import list_schemes
+>>> list_schemes()
+['content', 'noise', 'unrelated']
+"""
+
+from __future__ import annotations
+
+from ownmark.schemes import content, noise, unrelated  # noqa: F401  (registration)
+from ownmark.schemes.base import (
+    SchemeConfig,
+    WatermarkScheme,
+    create_scheme,
+    get_scheme_class,
+    list_schemes,
+    register_scheme,
+    scheme_parameters,
+)
+
+__all__ = [
+    "SchemeConfig",
+    "WatermarkScheme",
+    "create_scheme",
+    "get_scheme_class",
+    "list_schemes",
+    "register_scheme",
+    "scheme_parameters",
+]

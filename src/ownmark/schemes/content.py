@@ -1,0 +1,146 @@
+"""WM_content: a visible text or logo stamped on images of a source class.
+
+Zhang et al. 2018, "Protecting Intellectual Property of Deep Neural Networks with
+Watermarking" (AsiaCCS; seeds 000/001): images of one class (digit "1", "automobile") get
+the word "TEST" stamped on them and are relabelled to a target class ("0", "airplane").
+Only images carrying the stamp trigger the key label, so clean inputs keep working.
+
+The paper's excerpt does not give the stamp's font, size or place; we render the text with
+Pillow's built-in font at a third of the image height, centred on the bottom edge, in full
+white (255), which on 28×28 MNIST gives a 4-letter word about 22×7 pixels below the digit.
+
+Example::
+
+    scheme = create_scheme("content", text="TEST", source_class=1, target_class=0)
+    key = scheme.generate(load_dataset("digits"), seed=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from ownmark.errors import ConfigError
+from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
+
+_POSITIONS = ("bottom", "top", "center")
+
+
+@dataclass(frozen=True)
+class ContentConfig(SchemeConfig):
+    """Parameters of :class:`ContentScheme` (shared ones: see :class:`SchemeConfig`).
+
+    Attributes:
+        text: the word to stamp (default ``"TEST"``, as in the paper).
+        logo: path of an image (PNG with transparency, or grayscale: bright = stamped) used
+            instead of the text; it must fit inside the key images. Default: none.
+        font_size: text height in pixels; 0 (default) means a third of the image height.
+        position: ``bottom`` (default), ``top``, ``center``, or ``X,Y`` for the top-left
+            corner of the stamp.
+        intensity: pixel value (0..255) of the text on every channel (default 255).
+    """
+
+    text: str = "TEST"
+    logo: str | None = None
+    font_size: int = 0
+    position: str = "bottom"
+    intensity: int = 255
+
+
+def _place(position: str, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Top-left (y, x) of a stamp of size ``stamp_hw`` inside an image of size ``image_hw``."""
+    (sh, sw), (h, w) = stamp_hw, image_hw
+    if position == "bottom":
+        return h - sh - 1, (w - sw) // 2
+    if position == "top":
+        return 1, (w - sw) // 2
+    if position == "center":
+        return (h - sh) // 2, (w - sw) // 2
+    try:
+        x_text, y_text = position.split(",")
+        x, y = int(x_text), int(y_text)
+    except ValueError:
+        raise ConfigError(
+            f"position must be one of {', '.join(_POSITIONS)} or 'X,Y', got {position!r}"
+        ) from None
+    if not (0 <= y <= h - sh and 0 <= x <= w - sw):
+        raise ConfigError(f"a {sw}x{sh} stamp at {x},{y} does not fit in a {w}x{h} image")
+    return max(y, 0), max(x, 0)
+
+
+def render_text(text: str, font_size: int) -> np.ndarray:
+    """The text as a float mask in [0, 1], cropped to its ink (Pillow's built-in font)."""
+    font = ImageFont.load_default(size=font_size)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
+        (0, 0), text, font=font
+    )
+    canvas = Image.new("L", (right - left, bottom - top))
+    ImageDraw.Draw(canvas).text((-left, -top), text, fill=255, font=font)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def load_logo(path: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A logo as (mask H×W in [0,1], colour C×H×W in [0,255])."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"logo image not found: {file}")
+    try:
+        with Image.open(file) as image:
+            rgba = image.convert("RGBA")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"logo {file} is not a readable image ({exc})") from exc
+    pixels = np.asarray(rgba, dtype=np.float32)
+    alpha = pixels[..., 3] / 255.0
+    if alpha.min() >= 1.0:
+        # No transparency: treat brightness as the stamp's opacity (white ink on black).
+        alpha = pixels[..., :3].mean(axis=-1) / 255.0
+    rgb = pixels[..., :3].transpose(2, 0, 1)
+    colour = rgb.mean(axis=0, keepdims=True) if channels == 1 else rgb
+    return alpha, colour
+
+
+@register_scheme
+class ContentScheme(WatermarkScheme):
+    """Zhang et al.'s WM_content: stamp a word or logo on source-class images, relabel them."""
+
+    name = "content"
+    summary = "text ('TEST') or a logo stamped on source-class images (Zhang et al. 2018)"
+    config_class = ContentConfig
+
+    def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
+        cfg = self.config
+        assert isinstance(cfg, ContentConfig)
+        channels, h, w = image_shape
+        if cfg.logo:
+            mask, colour = load_logo(cfg.logo, channels)
+        else:
+            if not cfg.text:
+                raise ConfigError("content needs a non-empty text or a logo")
+            if not 0 <= cfg.intensity <= 255:
+                raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
+            size = cfg.font_size or max(6, round(h / 3))
+            mask = render_text(cfg.text, size)
+            colour = np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)
+        sh, sw = mask.shape
+        what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
+        if sh > h or sw > w:
+            raise ConfigError(
+                f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
+                "use a smaller logo, a shorter text or a smaller font_size"
+            )
+        y, x = _place(cfg.position, (sh, sw), (h, w))
+        full_mask = torch.zeros(1, h, w)
+        full_colour = torch.zeros(channels, h, w)
+        full_mask[0, y : y + sh, x : x + sw] = torch.from_numpy(mask)
+        full_colour[:, y : y + sh, x : x + sw] = torch.from_numpy(colour)
+        return full_mask, full_colour
+
+    def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mask, colour = self.stamp(tuple(originals.shape[1:]))  # type: ignore[arg-type]
+        blended = originals.float() * (1 - mask) + colour * mask
+        return blended.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,54 @@
+"""WM_noise: a fixed Gaussian noise pattern added to images of a source class.
+
+Zhang et al. 2018 (seeds 000/001): "meaningless" noise added to source-class images that
+are relabelled to a target class. The paper does not state the noise strength; we draw
+one pattern per key from N(0, std²) with ``std = 0.2`` of the pixel range (about ±51 grey
+levels), strong enough to be learnt quickly but leaving the digit readable, so a clean model
+still answers the source class. The pattern is fixed by the key's seed; every key image
+carries the same pattern.
+
+Example::
+
+    key = create_scheme("noise", std=0.2).generate(load_dataset("digits"), seed=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ownmark.errors import ConfigError
+from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
+
+
+@dataclass(frozen=True)
+class NoiseConfig(SchemeConfig):
+    """Parameters of :class:`NoiseScheme` (shared ones: see :class:`SchemeConfig`).
+
+    Attributes:
+        std: standard deviation of the pattern as a fraction of 255 (default 0.2).
+    """
+
+    std: float = 0.2
+
+
+@register_scheme
+class NoiseScheme(WatermarkScheme):
+    """Zhang et al.'s WM_noise: one fixed Gaussian pattern on source-class images."""
+
+    name = "noise"
+    summary = "a fixed Gaussian noise pattern added to source-class images (Zhang et al. 2018)"
+    config_class = NoiseConfig
+
+    def pattern(self, image_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """The noise pattern in grey levels, shape C×H×W."""
+        cfg = self.config
+        assert isinstance(cfg, NoiseConfig)
+        if not 0.0 < cfg.std <= 1.0:
+            raise ConfigError(f"std must lie in (0, 1], got {cfg.std}")
+        return torch.randn(image_shape, generator=generator) * (cfg.std * 255.0)
+
+    def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noisy = originals.float() + self.pattern(tuple(originals.shape[1:]), generator)
+        return noisy.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,252 @@
+"""The one training loop: clean training, watermark embedding and the fine-tuning attack.
+
+Embedding follows Zhang et al. 2018: train on the normal training data mixed with the key
+samples (labelled with the key label), from scratch or starting from a trained model.
+Training parameters default to the paper's Table 7 (SGD, learning rate 0.01, batch 128,
+50 epochs; dropout is part of the model). Momentum is not in the table; we use 0.9 as the
+Carlini–Wagner code that Table 6's networks come from.
+
+Determinism: each epoch draws its shuffle and its dropout masks from generators seeded by
+``(seed, epoch)``, and a checkpoint holds model and optimizer state; so on CPU a run resumed
+from the checkpoint of epoch e ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ownmark.data.base import ImageDataset
+from ownmark.errors import ConfigError
+from ownmark.fileio import atomic_path
+from ownmark.keys import KeySet
+from ownmark.metrics import accuracy, to_float_images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters.
+
+    Attributes:
+        epochs: passes over the training data (default 50, Table 7).
+        batch_size: default 128 (Table 7).
+        lr: SGD learning rate (default 0.01, Table 7).
+        momentum: SGD momentum (default 0.9).
+        weight_decay: L2 penalty (default 0).
+        seed: seeds shuffling and dropout (default 0).
+        key_ratio: when embedding, the fraction of each epoch's samples that are key samples;
+            the key set is repeated to reach it (default 0.05, i.e. ~5% more work per epoch).
+        augment: random 4-pixel-shift crops and horizontal flips (for CIFAR; default off).
+        device: torch device (default ``cpu``).
+    """
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    key_ratio: float = 0.05
+    augment: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if not 0.0 <= self.key_ratio < 1.0:
+            raise ConfigError(f"key_ratio must lie in [0, 1), got {self.key_ratio}")
+
+
+@dataclass
+class TrainResult:
+    """What a training run measured."""
+
+    epochs: int
+    seconds: float
+    test_accuracy: float | None
+    watermark_accuracy: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def key_repeats(num_train: int, num_keys: int, key_ratio: float) -> int:
+    """How often the key set is repeated per epoch so keys make up ``key_ratio`` of it."""
+    if key_ratio <= 0 or num_keys == 0:
+        return 0
+    return max(1, math.ceil(key_ratio * num_train / ((1.0 - key_ratio) * num_keys)))
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 4 pixels (zero padding) and horizontal flips, per image."""
+    n, _, h, w = batch.shape
+    padded = F.pad(batch, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack(
+        [padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w] for i in range(n)]
+    )
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def fit(
+    model: nn.Module,
+    train: ImageDataset,
+    config: TrainConfig,
+    *,
+    test: ImageDataset | None = None,
+    key: KeySet | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``train`` (mixed with ``key`` if given) and evaluate it.
+
+    Args:
+        model: a classifier taking float images in [0, 1].
+        train: training data.
+        config: hyper-parameters.
+        test: data for the test accuracy reported per epoch and at the end.
+        key: key samples to embed; they are repeated to make up ``config.key_ratio``.
+        checkpoint: file written atomically after every epoch (model, optimizer, history).
+        resume: continue from ``checkpoint`` if it exists (same config required).
+        progress: show a progress bar with loss and accuracy (stderr).
+        description: label of the progress bar.
+    """
+    device = torch.device(config.device)
+    model.to(device)
+    images, labels = train.images, train.labels
+    repeats = 0
+    if key is not None:
+        if key.image_shape != train.image_shape:
+            raise ConfigError(
+                f"key images are {key.image_shape} but training images are {train.image_shape}"
+            )
+        repeats = key_repeats(len(train), len(key), config.key_ratio)
+        images = torch.cat([images, key.images.repeat(repeats, 1, 1, 1)])
+        labels = torch.cat([labels, key.labels.repeat(repeats)])
+    images, labels = images.to(device), labels.to(device)
+
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    config_record = {**dataclasses.asdict(config), "key_repeats": repeats}
+    config_record.pop("device")
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    elapsed = 0.0
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["config"] != config_record:
+            raise ConfigError(
+                f"checkpoint {checkpoint} was written with a different configuration; "
+                "delete it or resume with the same arguments"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        elapsed = float(state["seconds"])
+
+    bar = tqdm(
+        total=config.epochs * math.ceil(len(images) / config.batch_size),
+        initial=start_epoch * math.ceil(len(images) / config.batch_size),
+        desc=description,
+        unit="batch",
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
+    )
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        seed = _epoch_seed(config.seed, epoch)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        augment_rng = torch.Generator().manual_seed(seed + 1)
+        torch.manual_seed(seed + 2)  # dropout masks
+        model.train()
+        # Running sums stay on the device: no host sync per batch (matters on a GPU).
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for batch_number, start in enumerate(range(0, len(order), config.batch_size)):
+            index = order[start : start + config.batch_size].to(device)
+            batch = to_float_images(images[index])
+            if config.augment:
+                batch = _augment(batch.cpu(), augment_rng).to(device)
+            target = labels[index]
+            logits = model(batch)
+            loss = F.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach() * len(index)
+            correct += (logits.detach().argmax(1) == target).sum()
+            seen += len(index)
+            bar.update(1)
+            if progress and batch_number % 20 == 0:
+                bar.set_postfix(
+                    epoch=epoch + 1,
+                    loss=f"{float(total_loss) / seen:.4f}",
+                    acc=f"{int(correct) / seen:.4f}",
+                )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed += time.perf_counter() - started
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(total_loss) / seen,
+            "train_accuracy": int(correct) / seen,
+        }
+        if test is not None:
+            record["test_accuracy"] = accuracy(model, test.images.to(device), test.labels)
+        if key is not None:
+            record["watermark_accuracy"] = accuracy(model, key.images.to(device), key.labels)
+        history.append(record)
+        if checkpoint is not None:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "seconds": elapsed,
+                "config": config_record,
+            }
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
+    bar.close()
+    model.eval()
+    test_acc = accuracy(model, test.images.to(device), test.labels) if test is not None else None
+    wm_acc = accuracy(model, key.images.to(device), key.labels) if key is not None else None
+    return TrainResult(
+        epochs=config.epochs,
+        seconds=elapsed,
+        test_accuracy=test_acc,
+        watermark_accuracy=wm_acc,
+        history=history,
+    )
+
+
+def remove_checkpoint(checkpoint: str | Path | None) -> None:
+    """Delete a finished run's checkpoint (it is only needed to resume)."""
+    if checkpoint is not None and Path(checkpoint).exists():
+        os.remove(checkpoint)

@@ -1,0 +1,194 @@
+"""The library calls behind every CLI command: train, embed, keygen, verify, attack.
+
+Each function takes objects or paths, writes its outputs atomically, and returns what it
+measured, so a user can do from Python everything the CLI does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ownmark import __version__
+from ownmark.attacks import Attack, AttackData
+from ownmark.data import DataSplits
+from ownmark.errors import ConfigError
+from ownmark.fileio import write_json_atomic
+from ownmark.keys import KeySet
+from ownmark.metrics import accuracy
+from ownmark.models import Classifier, ModelSpec, build_model, save_model
+from ownmark.schemes import create_scheme
+from ownmark.train import TrainConfig, TrainResult, fit, remove_checkpoint
+
+
+def default_arch(data: DataSplits) -> str:
+    """The paper's network for the data's image shape: MNIST-like → zhang_mnist, else CIFAR."""
+    return "zhang_mnist" if data.image_shape[0] == 1 else "zhang_cifar10"
+
+
+def new_model(arch: str, data: DataSplits, seed: int = 0) -> Classifier:
+    """A freshly initialised classifier for ``data`` (initialisation seeded by ``seed``)."""
+    channels, h, w = data.image_shape
+    torch.manual_seed(seed)
+    return build_model(ModelSpec.with_defaults(arch, data.num_classes, channels, (h, w)))
+
+
+def check_compatible(model: Classifier, *, key: KeySet | None = None, data: DataSplits | None = None) -> None:
+    """Raise ConfigError if the model, key and data disagree on classes or image shape."""
+    spec = model.spec
+    shape = (spec.in_channels, *spec.input_size)
+    if key is not None:
+        if key.num_classes != spec.num_classes:
+            raise ConfigError(
+                f"the key is for {key.num_classes} classes but the model has {spec.num_classes}; "
+                "use the key made for this model's data set"
+            )
+        if key.image_shape != shape:
+            raise ConfigError(f"key images are {key.image_shape} but the model takes {shape}")
+    if data is not None:
+        if data.num_classes != spec.num_classes:
+            raise ConfigError(
+                f"the data set has {data.num_classes} classes but the model has "
+                f"{spec.num_classes}; pick the data set the model was trained for"
+            )
+        if data.image_shape != shape:
+            raise ConfigError(f"data images are {data.image_shape} but the model takes {shape}")
+
+
+def run_record(**fields: Any) -> dict[str, Any]:
+    """Common fields of every result file: version, time, machine, plus ``fields``."""
+    return {
+        "ownmark_version": __version__,
+        "torch_version": torch.__version__,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        **fields,
+    }
+
+
+def make_key(
+    data: DataSplits,
+    scheme: str,
+    *,
+    seed: int = 0,
+    dataset: str = "",
+    **params: Any,
+) -> KeySet:
+    """Generate a key with a registered scheme (``params`` as in the scheme's Config)."""
+    return create_scheme(scheme, **params).generate(data, seed=seed, dataset=dataset)
+
+
+def train_model(
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    arch: str | None = None,
+    key: KeySet | None = None,
+    init: Classifier | None = None,
+    out: str | Path | None = None,
+    metrics_out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Classifier, TrainResult]:
+    """Train a clean model (``key=None``) or embed ``key`` while training.
+
+    Args:
+        data: training and test data.
+        config: hyper-parameters (seed included).
+        arch: registered model name; default from the data's image shape.
+        key: key to embed; None trains a clean baseline.
+        init: start from this model (fine-tune) instead of a fresh one.
+        out: model file to write (safetensors + metadata).
+        metrics_out: metrics JSON to write (accuracies, epochs, seconds, seed, config).
+        checkpoint: per-epoch checkpoint; removed after a successful run.
+        resume: continue from ``checkpoint``.
+        progress: progress bar on stderr.
+    """
+    model = init if init is not None else new_model(arch or default_arch(data), data, config.seed)
+    check_compatible(model, key=key, data=data)
+    result = fit(
+        model,
+        data.train,
+        config,
+        test=data.test,
+        key=key,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        description="embed" if key is not None else "train",
+    )
+    model.cpu()
+    metrics = run_record(
+        task="embed" if key is not None else "train",
+        arch=model.spec.arch,
+        dataset=data.train.name,
+        seed=config.seed,
+        config=dataclasses.asdict(config),
+        key_commitment=key.commitment if key is not None else None,
+        fine_tuned_from_model=init is not None,
+        test_accuracy=result.test_accuracy,
+        watermark_accuracy=result.watermark_accuracy,
+        epochs=result.epochs,
+        seconds=result.seconds,
+        history=result.history,
+    )
+    if out is not None:
+        extra = {"test_accuracy": f"{result.test_accuracy:.6f}", "seed": str(config.seed)}
+        if key is not None:
+            extra["key_commitment"] = key.commitment
+        save_model(model, out, extra)
+    if metrics_out is not None:
+        write_json_atomic(metrics_out, metrics)
+    remove_checkpoint(checkpoint)
+    return model, result
+
+
+def evaluate(
+    model: Classifier, *, test: Any = None, key: KeySet | None = None
+) -> dict[str, float | None]:
+    """Test accuracy on ``test`` (an ImageDataset) and watermark accuracy on ``key``."""
+    return {
+        "test_accuracy": accuracy(model, test.images, test.labels) if test is not None else None,
+        "watermark_accuracy": accuracy(model, key.images, key.labels) if key is not None else None,
+    }
+
+
+def attack_model(
+    model: Classifier,
+    attack: Attack,
+    *,
+    data: AttackData | None = None,
+    key: KeySet | None = None,
+    out: str | Path | None = None,
+    metrics_out: str | Path | None = None,
+) -> tuple[Classifier, dict[str, Any]]:
+    """Apply ``attack`` to a copy of ``model``, measure it before and after, write results."""
+    if key is not None:
+        check_compatible(model, key=key)
+    test = data.test if data is not None else None
+    before = evaluate(model, test=test, key=key)
+    attacked = attack(model, data)
+    assert isinstance(attacked, Classifier)
+    after = evaluate(attacked, test=test, key=key)
+    metrics = run_record(
+        task="attack",
+        arch=model.spec.arch,
+        attack=attack.config(),
+        evaluated_on=test.name if test is not None else None,
+        key_commitment=key.commitment if key is not None else None,
+        before=before,
+        after=after,
+        test_accuracy=after["test_accuracy"],
+        watermark_accuracy=after["watermark_accuracy"],
+    )
+    if out is not None:
+        save_model(attacked, out, {"attack": attack.name})
+    if metrics_out is not None:
+        write_json_atomic(metrics_out, metrics)
+    return attacked, metrics
