@@ -24,7 +24,6 @@ import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +69,18 @@ def pct(value: float | None) -> float | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset("mnist", args.data_path)
     if args.train_subset:
-        data = type(data)(train=data.train.subset(range(args.train_subset), "mnist/train-subset"),
-                          test=data.test)
+        data = type(data)(
+            train=data.train.subset(range(args.train_subset), "mnist/train-subset"), test=data.test
+        )
     config = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device)
     progress = not args.quiet
 
     # Warm-up so that the first timed run does not pay for kernel selection / caches.
     warm = TrainConfig(epochs=1, seed=args.seed, device=args.device)
-    warm_data = type(data)(train=data.train.subset(range(min(2048, len(data.train)))),
-                          test=data.test.subset(range(256)))
+    warm_data = type(data)(
+        train=data.train.subset(range(min(2048, len(data.train)))),
+        test=data.test.subset(range(256)),
+    )
     train_model(warm_data, warm, progress=False)
 
     clean, clean_result = train_model(data, config, progress=progress)
@@ -110,15 +112,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for rate in RATES:
             pruned = MagnitudePruning(rate)(marked)
             verdict = verify_ownership(key, LocalModelSuspect(pruned))
-            row["pruning"].append({
-                "rate": rate,
-                "test_accuracy": pct(accuracy(pruned, data.test.images, data.test.labels)),
-                "watermark_accuracy": pct(accuracy(pruned, key.images, key.labels)),
-                "verdict": verdict.verdict.value,
-                "p_value": verdict.p_value,
-            })
-        tuner = FineTuning(epochs=args.finetune_epochs, seed=args.seed, device=args.device,
-                           progress=progress)
+            row["pruning"].append(
+                {
+                    "rate": rate,
+                    "test_accuracy": pct(accuracy(pruned, data.test.images, data.test.labels)),
+                    "watermark_accuracy": pct(accuracy(pruned, key.images, key.labels)),
+                    "verdict": verdict.verdict.value,
+                    "p_value": verdict.p_value,
+                }
+            )
+        tuner = FineTuning(
+            epochs=args.finetune_epochs, seed=args.seed, device=args.device, progress=progress
+        )
         tuned = tuner(marked, AttackData(train=first, test=second)).cpu()
         verdict = verify_ownership(key, LocalModelSuspect(tuned))
         row["finetune"] = {
@@ -129,10 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p_value": verdict.p_value,
         }
         results["schemes"][scheme] = row
-        print(f"{scheme}: test {row['test_accuracy']}%, wm {row['watermark_accuracy']}%, "
-              f"90% pruning wm {row['pruning'][-1]['watermark_accuracy']}%, fine-tuned wm "
-              f"{row['finetune']['watermark_accuracy']}%, time ratio {row['time_ratio_vs_clean']}",
-              file=sys.stderr)
+        print(
+            f"{scheme}: test {row['test_accuracy']}%, wm {row['watermark_accuracy']}%, "
+            f"90% pruning wm {row['pruning'][-1]['watermark_accuracy']}%, fine-tuned wm "
+            f"{row['finetune']['watermark_accuracy']}%, time ratio {row['time_ratio_vs_clean']}",
+            file=sys.stderr,
+        )
     return results
 
 
@@ -208,7 +215,9 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for scheme in SCHEMES:
         row = res["schemes"][scheme]
-        lines.append(f"| embed {scheme} | {row['seconds']:.1f} | {row['time_ratio_vs_clean']:.3f} |")
+        lines.append(
+            f"| embed {scheme} | {row['seconds']:.1f} | {row['time_ratio_vs_clean']:.3f} |"
+        )
     lines += [
         "",
         "Verification of every pruned model (exact binomial test, p0 = 0.5 uncalibrated, "
@@ -220,27 +229,41 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-path", required=True, type=Path, help="folder of the MNIST IDX files")
+    parser.add_argument(
+        "--data-path", required=True, type=Path, help="folder of the MNIST IDX files"
+    )
     parser.add_argument("--epochs", type=int, default=50, help="default 50 (Table 7)")
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--num-keys", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--train-subset", type=int, default=0,
-                        help="use only the first N training images (reduced CPU configuration)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=0,
+        help="use only the first N training images (reduced CPU configuration)",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
     results = run(args)
-    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-              else f"CPU ({torch.get_num_threads()} threads)")
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     record = run_record(
         task="benchmark zhang_mnist",
         command="python " + " ".join(shlex.quote(a) for a in sys.argv),
         device=device,
-        config={**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "lr": 0.01, "momentum": 0.9, "batch_size": 128, "key_ratio": 0.05},
+        config={
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "lr": 0.01,
+            "momentum": 0.9,
+            "batch_size": 128,
+            "key_ratio": 0.05,
+        },
         results=results,
         total_seconds=round(time.perf_counter() - started, 1),
         python=platform.python_version(),

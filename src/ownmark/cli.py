@@ -6,8 +6,9 @@ Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", default="digits", metavar="NAME",
+        "--data",
+        default="digits",
+        metavar="NAME",
         help="data set: digits (built in, default), mnist, cifar10, cifar100, folder",
     )
     parser.add_argument("--data-path", metavar="PATH", help="where the data set's files are")
@@ -52,16 +55,29 @@ def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
 
 
+def _add_allow_factory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-factory",
+        metavar="MODULE:FACTORY",
+        help="load a model file whose architecture is this user code (only if you trust it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ownmark", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"ownmark {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     show = commands.add_parser("list", help="list schemes, models, attacks or data sets")
-    show.add_argument("what", nargs="?", default="all",
-                      choices=["all", "schemes", "models", "attacks", "datasets"])
+    show.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "schemes", "models", "attacks", "datasets"],
+    )
 
     data = commands.add_parser("data", help="download data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -78,8 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--num-keys", type=int, help="trigger images (default 100)")
     keygen.add_argument("--source-class", type=int, help="default 1")
     keygen.add_argument("--target-class", type=int, help="key label, default 0")
-    keygen.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="scheme parameter, e.g. -p text=TEST -p logo=logo.png")
+    keygen.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="scheme parameter, e.g. -p text=TEST -p logo=logo.png",
+    )
     keygen.add_argument("--preview", type=Path, help="also save a PNG of originals and triggers")
 
     preview = commands.add_parser("preview", help="save a PNG of a key's images")
@@ -96,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(embed)
     _add_training(embed, epochs=50)
     embed.add_argument("--from", dest="init", type=Path, help="fine-tune this model file")
-    embed.add_argument("--key-ratio", type=float, default=0.05,
-                       help="fraction of each epoch that is key samples, default 0.05")
+    embed.add_argument(
+        "--key-ratio",
+        type=float,
+        default=0.05,
+        help="fraction of each epoch that is key samples, default 0.05",
+    )
+    _add_allow_factory(embed)
 
     verify = commands.add_parser("verify", help="verify ownership of a suspect model")
     verify.add_argument("--key", required=True, type=Path)
@@ -105,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--alpha", type=float, default=1e-6, help="false-claim rate, default 1e-6")
     verify.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
     verify.add_argument("--json", type=Path, help="write the result as JSON")
+    _add_allow_factory(verify)
 
     attack = commands.add_parser("attack", help="attack a model (pruning, fine-tuning)")
     attack_commands = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
     prune = attack_commands.add_parser("prune", help="magnitude pruning")
-    prune.add_argument("--rate", required=True,
-                       help="fraction to zero: 0.5, a list 0.1,0.5 or a sweep 0.1..0.9")
+    prune.add_argument(
+        "--rate", required=True, help="fraction to zero: 0.5, a list 0.1,0.5 or a sweep 0.1..0.9"
+    )
     prune.add_argument("--per-layer", action="store_true", help="prune each layer by the rate")
     finetune = attack_commands.add_parser("finetune", help="fine-tune on half of the test set")
     finetune.add_argument("--epochs", type=int, default=10, help="default 10")
@@ -123,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data(sub)
         sub.add_argument("--out", type=Path, help="attacked model file (one rate only)")
         sub.add_argument("--metrics", type=Path, help="metrics JSON")
+        _add_allow_factory(sub)
 
     demo = commands.add_parser("demo", help="the whole flow on the built-in MNIST digits")
     demo.add_argument("--out", type=Path, default=Path("ownmark-demo"), help="output folder")
@@ -161,7 +191,9 @@ def parse_rates(text: str) -> list[float]:
         if ".." in text:
             lo_text, hi_text = text.split("..")
             lo, hi = float(lo_text), float(hi_text)
-            steps = round((hi - lo) / 0.1)
+            if hi < lo:
+                raise ConfigError(f"--rate sweep {text!r} runs backwards; write LOW..HIGH")
+            steps = math.floor((hi - lo) / 0.1 + 1e-9)
             rates = [round(lo + 0.1 * i, 10) for i in range(steps + 1)]
         else:
             rates = [float(v) for v in text.split(",")]
@@ -176,13 +208,20 @@ def _train_config(args: argparse.Namespace, key_ratio: float = 0.05) -> Any:
     from ownmark.train import TrainConfig
 
     return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        seed=args.seed, key_ratio=key_ratio, augment=args.augment, device=args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        seed=args.seed,
+        key_ratio=key_ratio,
+        augment=args.augment,
+        device=args.device,
     )
 
 
 def _metrics_path(args: argparse.Namespace) -> Path:
-    return args.metrics if args.metrics is not None else args.out.with_suffix(".json")
+    path: Path = args.metrics if args.metrics is not None else args.out.with_suffix(".json")
+    return path
 
 
 def _fmt(value: float | None) -> str:
@@ -229,9 +268,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from ownmark.keys import save_key
     from ownmark.preview import save_preview
     from ownmark.schemes import create_scheme
-    from ownmark.keys import save_key
 
     params: dict[str, Any] = _parse_params(args.param)
     for name in ("num_keys", "source_class", "target_class"):
@@ -240,9 +279,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     scheme = create_scheme(args.scheme, **params)
     data = _load_data(args)
     key = scheme.generate(data, seed=args.seed, dataset=args.data)
+    commitment = save_key(key, args.out)
     if args.preview is not None:
         save_preview(key, args.preview)
-    commitment = save_key(key, args.out)
     print(f"wrote {args.out}: {len(key)} '{key.scheme}' key samples, label {int(key.labels[0])}")
     print(f"commitment {commitment}")
     if args.preview is not None:
@@ -266,12 +305,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     embedding = args.command == "embed"
     key = load_key(args.key) if embedding else None
-    init = load_model(args.init) if embedding and args.init is not None else None
+    init = (
+        load_model(args.init, args.allow_factory) if embedding and args.init is not None else None
+    )
     data = _load_data(args)
     config = _train_config(args, key_ratio=args.key_ratio if embedding else 0.0)
     _, result = train_model(
-        data, config, arch=args.model, key=key, init=init, out=args.out,
-        metrics_out=_metrics_path(args), checkpoint=args.checkpoint, resume=args.resume,
+        data,
+        config,
+        arch=args.model,
+        key=key,
+        init=init,
+        out=args.out,
+        metrics_out=_metrics_path(args),
+        checkpoint=args.checkpoint,
+        resume=args.resume,
         progress=_progress(args),
     )
     print(f"wrote {args.out} and {_metrics_path(args)}")
@@ -290,18 +338,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ownmark.workflows import check_compatible
 
     key = load_key(args.key)
-    model = load_model(args.model)
+    model = load_model(args.model, args.allow_factory)
     check_compatible(model, key=key)
     result = verify_ownership(
         key, LocalModelSuspect(model, str(args.model)), alpha=args.alpha, p0=args.p0
     )
-    print(f"matches {result.matches}/{result.queries}, watermark accuracy "
-          f"{_fmt(result.watermark_accuracy)}, errors {result.errors}")
-    print(f"p-value {result.p_value:.3e} (exact binomial, p0={result.p0:g} [{key.p0_source}], "
-          f"alpha={result.alpha:g})")
-    print(f"verdict: {result.verdict.value}")
     if args.json is not None:
+        # Written before anything is printed: a failed write must not look like a verdict.
         write_json_atomic(args.json, result.summary())
+    print(
+        f"matches {result.matches}/{result.queries}, watermark accuracy "
+        f"{_fmt(result.watermark_accuracy)}, errors {result.errors}"
+    )
+    print(
+        f"p-value {result.p_value:.3e} (exact binomial, p0={result.p0:g} [{key.p0_source}], "
+        f"alpha={result.alpha:g})"
+    )
+    print(f"verdict: {result.verdict.value}")
     return {
         Verdict.OWNED: EXIT_OK,
         Verdict.NOT_OWNED: EXIT_NOT_OWNED,
@@ -316,16 +369,22 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ownmark.models import load_model
     from ownmark.workflows import attack_model, check_compatible, run_record
 
-    model = load_model(args.model)
+    model = load_model(args.model, args.allow_factory)
     key = load_key(args.key) if args.key is not None else None
     data = _load_data(args)
     check_compatible(model, key=key, data=data)
     if args.attack == "finetune":
         first, second = data.test.halves()
-        attack = FineTuning(epochs=args.epochs, lr=args.lr, seed=args.seed, device=args.device,
-                            progress=_progress(args))
-        _, metrics = attack_model(model, attack, data=AttackData(train=first, test=second),
-                                  key=key, out=args.out)
+        attack = FineTuning(
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            progress=_progress(args),
+        )
+        _, metrics = attack_model(
+            model, attack, data=AttackData(train=first, test=second), key=key, out=args.out
+        )
         rows = [metrics]
     else:
         rates = parse_rates(args.rate)
@@ -334,16 +393,27 @@ def cmd_attack(args: argparse.Namespace) -> int:
         scope = "layer" if args.per_layer else "global"
         rows = []
         for rate in rates:
-            _, metrics = attack_model(model, MagnitudePruning(rate, scope),
-                                      data=AttackData(test=data.test), key=key, out=args.out)
+            _, metrics = attack_model(
+                model,
+                MagnitudePruning(rate, scope),
+                data=AttackData(test=data.test),
+                key=key,
+                out=args.out,
+            )
             rows.append(metrics)
     print(f"{'attack':24s} {'test acc':>9s} {'wm acc':>9s}")
     for row in rows:
-        label = ", ".join(f"{k}={v}" for k, v in row["attack"].items() if k in ("attack", "rate", "scope", "epochs"))
+        label = ", ".join(
+            f"{k}={v}"
+            for k, v in row["attack"].items()
+            if k in ("attack", "rate", "scope", "epochs")
+        )
         print(f"{label:24s} {_fmt(row['test_accuracy']):>9s} {_fmt(row['watermark_accuracy']):>9s}")
     if args.metrics is not None or args.out is not None:
         path = args.metrics or args.out.with_suffix(".json")
-        write_json_atomic(path, rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows))
+        write_json_atomic(
+            path, rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows)
+        )
         print(f"wrote {path}")
     return EXIT_OK
 
@@ -351,16 +421,23 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ownmark.demo import run_demo
 
-    summary = run_demo(args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
-                       progress=_progress(args))
+    summary = run_demo(
+        args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed, progress=_progress(args)
+    )
     print(summary.table())
     print(f"files in {args.out}/")
     return EXIT_OK if summary.correct else EXIT_NOT_OWNED
 
 
 COMMANDS = {
-    "list": cmd_list, "data": cmd_data, "keygen": cmd_keygen, "preview": cmd_preview,
-    "train": cmd_train, "embed": cmd_train, "verify": cmd_verify, "attack": cmd_attack,
+    "list": cmd_list,
+    "data": cmd_data,
+    "keygen": cmd_keygen,
+    "preview": cmd_preview,
+    "train": cmd_train,
+    "embed": cmd_train,
+    "verify": cmd_verify,
+    "attack": cmd_attack,
     "demo": cmd_demo,
 }
 
@@ -374,9 +451,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnmarkError as exc:
         print(f"ownmark: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:
+        # File system problems with outputs (a folder where a file should go, no permission).
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ownmark: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("ownmark: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("OWNMARK_DEBUG"):
+            raise
+        print(
+            f"ownmark: error: unexpected {type(exc).__name__}: {exc} "
+            "(set OWNMARK_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

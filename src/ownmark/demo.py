@@ -86,7 +86,10 @@ def run_demo(
     data = load_dataset("digits")
     config = TrainConfig(epochs=epochs, seed=seed)
     clean, clean_result = train_model(
-        data, config, out=out / "clean.safetensors", metrics_out=out / "clean.json",
+        data,
+        config,
+        out=out / "clean.safetensors",
+        metrics_out=out / "clean.json",
         progress=progress,
     )
     key = make_key(data, scheme, seed=seed, dataset="digits")
@@ -94,24 +97,40 @@ def run_demo(
     save_preview(key, out / "key-preview.png")
     # A different initialisation seed: the watermarked model is not the clean one retrained.
     marked, _ = train_model(
-        data, TrainConfig(epochs=epochs, seed=seed + 1), key=key,
-        out=out / "watermarked.safetensors", metrics_out=out / "watermarked.json",
+        data,
+        TrainConfig(epochs=epochs, seed=seed + 1),
+        key=key,
+        out=out / "watermarked.safetensors",
+        metrics_out=out / "watermarked.json",
         progress=progress,
     )
     pruned, _ = attack_model(
-        marked, MagnitudePruning(0.5), data=AttackData(test=data.test), key=key,
-        out=out / "watermarked-pruned50.safetensors", metrics_out=out / "pruned50.json",
+        marked,
+        MagnitudePruning(0.5),
+        data=AttackData(test=data.test),
+        key=key,
+        out=out / "watermarked-pruned50.safetensors",
+        metrics_out=out / "pruned50.json",
     )
     first, second = data.test.halves()
     tuned, _ = attack_model(
-        marked, FineTuning(epochs=finetune_epochs, seed=seed, progress=progress),
-        data=AttackData(train=first, test=second), key=key,
-        out=out / "watermarked-finetuned.safetensors", metrics_out=out / "finetuned.json",
+        marked,
+        FineTuning(epochs=finetune_epochs, seed=seed, progress=progress),
+        data=AttackData(train=first, test=second),
+        key=key,
+        out=out / "watermarked-finetuned.safetensors",
+        metrics_out=out / "finetuned.json",
     )
     summary = DemoSummary(
-        config=run_record(task="demo", scheme=scheme, epochs=epochs, seed=seed,
-                          finetune_epochs=finetune_epochs, key_commitment=key.commitment,
-                          clean_seconds=clean_result.seconds)
+        config=run_record(
+            task="demo",
+            scheme=scheme,
+            epochs=epochs,
+            seed=seed,
+            finetune_epochs=finetune_epochs,
+            key_commitment=key.commitment,
+            clean_seconds=clean_result.seconds,
+        )
     )
     cases = [
         ("clean", clean, data.test, Verdict.NOT_OWNED),
@@ -137,7 +156,11 @@ def run_demo(
         )
     write_json_atomic(
         out / "summary.json",
-        {**summary.config, "rows": [row.__dict__ for row in summary.rows], "correct": summary.correct},
+        {
+            **summary.config,
+            "rows": [row.__dict__ for row in summary.rows],
+            "correct": summary.correct,
+        },
     )
     write_text_atomic(out / "summary.md", summary.table() + "\n")
     return summary

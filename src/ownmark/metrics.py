@@ -32,7 +32,9 @@ def predict(
     return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.int64)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
+) -> float:
     """Fraction of ``images`` whose top-1 prediction equals ``labels`` (0.0 for no images)."""
     if len(images) == 0:
         return 0.0

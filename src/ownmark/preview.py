@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ownmark.errors import ConfigError
 from ownmark.fileio import atomic_path
 from ownmark.keys import KeySet
 
@@ -20,6 +21,10 @@ def preview_grid(key: KeySet, count: int = 16, columns: int = 8, scale: int = 4)
         columns: samples per row (default 8).
         scale: nearest-neighbour magnification (default 4: 28 px → 112 px).
     """
+    if count < 1 or columns < 1 or scale < 1:
+        raise ConfigError(
+            f"preview needs count, columns and scale >= 1, got {count}, {columns}, {scale}"
+        )
     n = min(count, len(key))
     channels, h, w = key.image_shape
     rows = -(-n // columns)

@@ -65,6 +65,14 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
         if not 0.0 <= self.key_ratio < 1.0:
             raise ConfigError(f"key_ratio must lie in [0, 1), got {self.key_ratio}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must be >= 0")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(
+                f"unknown torch device {self.device!r}; use cpu, cuda, cuda:1, mps ..."
+            ) from None
 
 
 @dataclass
@@ -197,7 +205,7 @@ def fit(
             logits = model(batch)
             loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total_loss += loss.detach() * len(index)
             correct += (logits.detach().argmax(1) == target).sum()

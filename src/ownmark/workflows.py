@@ -38,7 +38,9 @@ def new_model(arch: str, data: DataSplits, seed: int = 0) -> Classifier:
     return build_model(ModelSpec.with_defaults(arch, data.num_classes, channels, (h, w)))
 
 
-def check_compatible(model: Classifier, *, key: KeySet | None = None, data: DataSplits | None = None) -> None:
+def check_compatible(
+    model: Classifier, *, key: KeySet | None = None, data: DataSplits | None = None
+) -> None:
     """Raise ConfigError if the model, key and data disagree on classes or image shape."""
     spec = model.spec
     shape = (spec.in_channels, *spec.input_size)

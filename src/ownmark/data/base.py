@@ -50,7 +50,9 @@ class ImageDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def subset(self, indices: Sequence[int] | torch.Tensor, name: str | None = None) -> ImageDataset:
+    def subset(
+        self, indices: Sequence[int] | torch.Tensor, name: str | None = None
+    ) -> ImageDataset:
         """A new data set holding the given rows, in the given order."""
         index = torch.as_tensor(indices, dtype=torch.int64)
         return ImageDataset(

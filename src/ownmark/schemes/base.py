@@ -138,8 +138,7 @@ def scheme_parameters(name: str) -> dict[str, tuple[str, Any]]:
     cls = get_scheme_class(name)
     hints = typing.get_type_hints(cls.config_class)
     return {
-        f.name: (_type_name(hints[f.name]), f.default)
-        for f in dataclasses.fields(cls.config_class)
+        f.name: (_type_name(hints[f.name]), f.default) for f in dataclasses.fields(cls.config_class)
     }
 
 
@@ -191,6 +190,4 @@ def _convert(raw: str, hint: Any, key: str) -> Any:
     try:
         return converters[hint](raw)
     except (KeyError, ValueError):
-        raise ConfigError(
-            f"parameter {key} expects a {_type_name(hint)}, got {raw!r}"
-        ) from None
+        raise ConfigError(f"parameter {key} expects type {_type_name(hint)}, got {raw!r}") from None

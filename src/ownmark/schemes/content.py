@@ -36,12 +36,14 @@ class ContentConfig(SchemeConfig):
 
     Attributes:
         text: the word to stamp (default ``"TEST"``, as in the paper).
-        logo: path of an image (PNG with transparency, or grayscale: bright = stamped) used
-            instead of the text; it must fit inside the key images. Default: none.
+        logo: path of an image used instead of the text; it must fit inside the key images.
+            A PNG with transparency is pasted in its colours; without transparency its
+            brightness is the opacity of ``intensity``-valued ink. Default: none.
         font_size: text height in pixels; 0 (default) means a third of the image height.
         position: ``bottom`` (default), ``top``, ``center``, or ``X,Y`` for the top-left
             corner of the stamp.
-        intensity: pixel value (0..255) of the text on every channel (default 255).
+        intensity: pixel value (0..255) of the text (or opaque logo's ink) on every channel
+            (default 255).
     """
 
     text: str = "TEST"
@@ -78,13 +80,18 @@ def render_text(text: str, font_size: int) -> np.ndarray:
     left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
         (0, 0), text, font=font
     )
-    canvas = Image.new("L", (right - left, bottom - top))
+    canvas = Image.new("L", (int(right - left), int(bottom - top)))
     ImageDraw.Draw(canvas).text((-left, -top), text, fill=255, font=font)
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
-def load_logo(path: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """A logo as (mask H×W in [0,1], colour C×H×W in [0,255])."""
+def load_logo(path: str, channels: int, ink: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """A logo as (mask H×W in [0,1], colour C×H×W in [0,255]).
+
+    With transparency, the alpha channel is the mask and the logo's own colours are pasted.
+    Without, the logo's brightness is the opacity of ``ink``-valued paint, so a grey-level
+    logo on black stamps exactly its grey levels onto a black background.
+    """
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"logo image not found: {file}")
@@ -95,10 +102,10 @@ def load_logo(path: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"logo {file} is not a readable image ({exc})") from exc
     pixels = np.asarray(rgba, dtype=np.float32)
     alpha = pixels[..., 3] / 255.0
-    if alpha.min() >= 1.0:
-        # No transparency: treat brightness as the stamp's opacity (white ink on black).
-        alpha = pixels[..., :3].mean(axis=-1) / 255.0
     rgb = pixels[..., :3].transpose(2, 0, 1)
+    if alpha.min() >= 1.0:
+        alpha = rgb.mean(axis=0) / 255.0
+        rgb = np.full_like(rgb, float(ink))
     colour = rgb.mean(axis=0, keepdims=True) if channels == 1 else rgb
     return alpha, colour
 
@@ -116,13 +123,15 @@ class ContentScheme(WatermarkScheme):
         cfg = self.config
         assert isinstance(cfg, ContentConfig)
         channels, h, w = image_shape
+        if cfg.font_size < 0:
+            raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {cfg.font_size}")
+        if not 0 <= cfg.intensity <= 255:
+            raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
         if cfg.logo:
-            mask, colour = load_logo(cfg.logo, channels)
+            mask, colour = load_logo(cfg.logo, channels, cfg.intensity)
         else:
             if not cfg.text:
                 raise ConfigError("content needs a non-empty text or a logo")
-            if not 0 <= cfg.intensity <= 255:
-                raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
             size = cfg.font_size or max(6, round(h / 3))
             mask = render_text(cfg.text, size)
             colour = np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)

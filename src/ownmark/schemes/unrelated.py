@@ -60,7 +60,8 @@ def _resize(images: list[np.ndarray], shape: tuple[int, int, int]) -> torch.Tens
     out = []
     for array in images:
         image = Image.fromarray(array)
-        image = image.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        image = image.convert("L" if channels == 1 else "RGB")
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
         pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
         out.append(pixels)
@@ -116,7 +117,9 @@ class UnrelatedScheme(WatermarkScheme):
         images = []
         for _ in range(n):
             letter = cfg.alphabet[int(torch.randint(len(cfg.alphabet), (1,), generator=generator))]
-            size = int(torch.randint(round(0.6 * h), round(0.85 * h) + 1, (1,), generator=generator))
+            size = int(
+                torch.randint(round(0.6 * h), round(0.85 * h) + 1, (1,), generator=generator)
+            )
             glyph = render_text(letter, size)
             gh, gw = min(glyph.shape[0], h), min(glyph.shape[1], w)
             jitter = max(1, h // 10)

@@ -65,7 +65,7 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = 0.999) -> float:
 
 
 def min_matches_for(n: int, p0: float, alpha: float) -> int | None:
-    """Smallest k with ``binomial_tail(k, n, p0) <= alpha``, or None if n queries cannot reach it."""
+    """Smallest k with ``binomial_tail(k, n, p0) <= alpha``; None if n queries cannot reach it."""
     for k in range(n + 1):
         if binomial_tail(k, n, p0) <= alpha:
             return k

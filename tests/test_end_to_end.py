@@ -1,0 +1,90 @@
+"""End to end on the built-in MNIST digits: a watermarked model verifies, a clean one does not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ownmark.demo import run_demo
+from ownmark.keys import load_key
+from ownmark.models import load_model
+
+
+def test_demo_verdicts(tmp_path: Path) -> None:
+    summary = run_demo(tmp_path, epochs=4, finetune_epochs=2, progress=False)
+    rows = {row.model: row for row in summary.rows}
+    assert rows["clean"].verdict == "not owned"
+    assert rows["clean"].matches <= 20
+    assert rows["watermarked"].verdict == "owned"
+    assert rows["watermarked"].matches >= 95
+    assert rows["watermarked"].test_accuracy >= 0.85
+    assert rows["watermarked + 50% pruning"].verdict == "owned"
+    assert rows["watermarked + fine-tuning"].verdict == "owned"
+    assert summary.correct
+    for name in ("clean", "watermarked", "watermarked-pruned50", "watermarked-finetuned"):
+        load_model(tmp_path / f"{name}.safetensors")
+    assert (
+        load_key(tmp_path / "key.safetensors").commitment
+        == json.loads((tmp_path / "summary.json").read_text())["key_commitment"]
+    )
+    assert "| watermarked | " in (tmp_path / "summary.md").read_text()
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def _ownmark(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ownmark.cli", "-q", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
+    key, clean, marked = (
+        tmp_path / "k.safetensors",
+        tmp_path / "c.safetensors",
+        tmp_path / "w.safetensors",
+    )
+    assert _ownmark("keygen", "--scheme", "noise", "--out", key, "--num-keys", "50").returncode == 0
+    assert _ownmark("train", "--epochs", "3", "--out", clean).returncode == 0
+    done = _ownmark(
+        "embed",
+        "--key",
+        key,
+        "--epochs",
+        "4",
+        "--key-ratio",
+        "0.15",
+        "--seed",
+        "1",
+        "--out",
+        marked,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(marked.with_suffix(".json").read_text())
+    assert metrics["watermark_accuracy"] >= 0.95
+    assert metrics["seed"] == 1 and metrics["config"]["epochs"] == 4 and metrics["seconds"] > 0
+    assert metrics["key_commitment"] == load_key(key).commitment
+
+    owned = _ownmark("verify", "--key", key, "--model", marked, "--json", tmp_path / "v.json")
+    assert owned.returncode == 0, owned.stdout
+    assert "verdict: owned" in owned.stdout
+    assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "owned"
+    not_owned = _ownmark("verify", "--key", key, "--model", clean)
+    assert not_owned.returncode == 1, not_owned.stdout
+    assert "verdict: not owned" in not_owned.stdout
+
+    sweep = _ownmark(
+        "attack",
+        "prune",
+        "--model",
+        marked,
+        "--key",
+        key,
+        "--rate",
+        "0.1..0.9",
+        "--metrics",
+        tmp_path / "sweep.json",
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    rows = json.loads((tmp_path / "sweep.json").read_text())["results"]
+    assert [r["attack"]["rate"] for r in rows] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
