@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "history": clean_result.history,
         },
         "schemes": {},
+        "data": {"train": len(data.train), "test": len(data.test)},
     }
     first, second = data.test.halves()
     for scheme in SCHEMES:
@@ -156,6 +157,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"- command: `{record['command']}`",
         f"- machine: {record['device']}; {record['machine']}; torch {record['torch_version']}",
         f"- date: {record['written']}",
+        f"- data: MNIST IDX files from `{cfg['data_path']}`, {res['data']['train']} training and "
+        f"{res['data']['test']} test images",
         f"- model: zhang_mnist (Table 6), SGD lr {cfg['lr']}, momentum {cfg['momentum']}, batch "
         f"{cfg['batch_size']}, {cfg['epochs']} epochs (paper: 50), key ratio {cfg['key_ratio']}, "
         f"{cfg['num_keys']} key samples per scheme, seed {cfg['seed']}",
