@@ -148,6 +148,14 @@ def cell(ours: float | None, paper: float | str) -> str:
     return f"{'-' if ours is None else f'{ours:.2f}'} ({paper})"
 
 
+def first_epoch_at(results: dict[str, Any], target: float) -> int | str:
+    """The first epoch whose clean test accuracy reached ``target``, or "never"."""
+    for entry in results["clean"]["history"]:
+        if entry.get("test_accuracy", 0.0) >= target:
+            return int(entry["epoch"])
+    return "never"
+
+
 def markdown(record: dict[str, Any]) -> str:
     res = record["results"]
     cfg = record["config"]
@@ -162,6 +170,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"- model: zhang_mnist (Table 6), SGD lr {cfg['lr']}, momentum {cfg['momentum']}, batch "
         f"{cfg['batch_size']}, {cfg['epochs']} epochs (paper: 50), key ratio {cfg['key_ratio']}, "
         f"{cfg['num_keys']} key samples per scheme, seed {cfg['seed']}",
+        f"- clean test accuracy first reached 99.3% at epoch {first_epoch_at(res, 0.993)}",
         "- every cell: our number (the paper's number), in %",
         "",
         "## After embedding",
