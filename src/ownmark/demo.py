@@ -16,7 +16,7 @@ from ownmark.attacks import AttackData, FineTuning, MagnitudePruning
 from ownmark.data import load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import save_key
-from ownmark.models import save_model
+from ownmark.metrics import accuracy
 from ownmark.preview import save_preview
 from ownmark.train import TrainConfig
 from ownmark.verify import LocalModelSuspect, Verdict, verify_ownership
@@ -138,8 +138,6 @@ def run_demo(
         ("watermarked + 50% pruning", pruned, data.test, Verdict.OWNED),
         ("watermarked + fine-tuning", tuned, second, Verdict.OWNED),
     ]
-    from ownmark.metrics import accuracy
-
     for name, model, test, expected in cases:
         result = verify_ownership(key, LocalModelSuspect(model, name), seed=seed)
         summary.rows.append(
@@ -166,4 +164,4 @@ def run_demo(
     return summary
 
 
-__all__ = ["DemoRow", "DemoSummary", "run_demo", "save_model"]
+__all__ = ["DemoRow", "DemoSummary", "run_demo"]

@@ -16,7 +16,7 @@ import torch
 
 from ownmark import __version__
 from ownmark.attacks import Attack, AttackData
-from ownmark.data import DataSplits
+from ownmark.data import DataSplits, ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic
 from ownmark.keys import KeySet
@@ -152,7 +152,7 @@ def train_model(
 
 
 def evaluate(
-    model: Classifier, *, test: Any = None, key: KeySet | None = None
+    model: Classifier, *, test: ImageDataset | None = None, key: KeySet | None = None
 ) -> dict[str, float | None]:
     """Test accuracy on ``test`` (an ImageDataset) and watermark accuracy on ``key``."""
     return {

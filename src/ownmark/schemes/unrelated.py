@@ -94,12 +94,12 @@ class UnrelatedScheme(WatermarkScheme):
         if source == "digits":
             from ownmark.data.embedded import load_builtin_digits
 
+            if not 0 <= cfg.digit <= 9:
+                raise ConfigError(f"digit must lie in 0..9, got {cfg.digit}")
             digits = load_builtin_digits()
             pool = torch.cat([digits.train.images, digits.test.images])
             labels = torch.cat([digits.train.labels, digits.test.labels])
             pool = pool[labels == cfg.digit]
-            if not 0 <= cfg.digit <= 9:
-                raise ConfigError(f"digit must lie in 0..9, got {cfg.digit}")
             rows = torch.randperm(len(pool), generator=generator)[:n]
             if len(rows) < n:
                 raise ConfigError(f"only {len(rows)} built-in images of digit {cfg.digit}")
