@@ -130,12 +130,6 @@ class KeySet:
         """A copy with a new false-match bound (and therefore a new commitment)."""
         return replace(self, p0=p0, p0_source=source)
 
-    def subset(self, keep: torch.Tensor) -> KeySet:
-        """A copy holding only the rows where ``keep`` (bool mask or indices) selects."""
-        return replace(
-            self, images=self.images[keep], labels=self.labels[keep], originals=self.originals[keep]
-        )
-
 
 def compute_commitment(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the salt, the canonical metadata and each tensor's bytes."""

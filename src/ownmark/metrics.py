@@ -39,10 +39,3 @@ def accuracy(
     if len(images) == 0:
         return 0.0
     return float((predict(model, images, batch_size) == labels.cpu()).float().mean())
-
-
-def match_rate(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of positions where ``predictions`` equal ``labels``."""
-    if len(labels) == 0:
-        return 0.0
-    return float((predictions == labels).float().mean())

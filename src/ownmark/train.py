@@ -19,7 +19,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +83,6 @@ class TrainResult:
     test_accuracy: float | None
     watermark_accuracy: float | None
     history: list[dict[str, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def key_repeats(num_train: int, num_keys: int, key_ratio: float) -> int:
