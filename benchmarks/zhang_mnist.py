@@ -122,7 +122,8 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
                 {
                     "rate": rate,
                     "test_accuracy": pct(accuracy(pruned, data.test.images, data.test.labels)),
-                    "watermark_accuracy": pct(accuracy(pruned, key.images, key.labels)),
+                    # Verification queried every key sample: its match rate is the accuracy.
+                    "watermark_accuracy": pct(verdict.watermark_accuracy),
                     "verdict": verdict.verdict.value,
                     "p_value": verdict.p_value,
                 }
@@ -135,7 +136,7 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
         row["finetune"] = {
             "epochs": args.finetune_epochs,
             "test_accuracy": pct(accuracy(tuned, second.images, second.labels)),
-            "watermark_accuracy": pct(accuracy(tuned, key.images, key.labels)),
+            "watermark_accuracy": pct(verdict.watermark_accuracy),
             "verdict": verdict.verdict.value,
             "p_value": verdict.p_value,
         }

@@ -90,3 +90,18 @@ def test_halves_split_the_test_set_evenly(digits: DataSplits) -> None:
     assert len(first) == len(second) == 500
     # The built-in split is shuffled: both halves hold every class (not 0-4 vs 5-9).
     assert set(first.labels.tolist()) == set(second.labels.tolist()) == set(range(10))
+
+
+def test_prune_sweep_measures_the_original_once(
+    model: Classifier, small_digits: DataSplits
+) -> None:
+    from ownmark.schemes import create_scheme
+    from ownmark.workflows import prune_sweep
+
+    key = create_scheme("content", num_keys=10).generate(small_digits, seed=0)
+    rows = prune_sweep(model, [0.0, 0.5, 0.9], test=small_digits.test, key=key)
+    assert [row["attack"]["rate"] for row in rows] == [0.0, 0.5, 0.9]
+    assert rows[0]["before"] is rows[1]["before"] is rows[2]["before"]
+    # Pruning nothing leaves every number as it was.
+    assert rows[0]["after"] == rows[0]["before"]
+    assert all(row["attack"]["scope"] == "global" for row in rows)

@@ -106,3 +106,29 @@ def test_bad_config() -> None:
         TrainConfig(key_ratio=1.0)
     with pytest.raises(ConfigError):
         TrainConfig(lr=0)
+
+
+def test_augment_is_a_shift_and_optional_flip_of_each_image() -> None:
+    from ownmark.train import augment
+
+    batch = torch.rand(16, 3, 32, 32)
+    out = augment(batch, torch.Generator().manual_seed(0))
+    # Reference: the same draws, applied one image at a time.
+    rng = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 9, (16,), generator=rng), torch.randint(0, 9, (16,), generator=rng)
+    flip = torch.rand(16, generator=rng) < 0.5
+    padded = torch.nn.functional.pad(batch, (4, 4, 4, 4))
+    for i in range(16):
+        y, x = int(dy[i]), int(dx[i])
+        expected = padded[i, :, y : y + 32, x : x + 32]
+        assert torch.equal(out[i], expected.flip(-1) if flip[i] else expected)
+    assert 0 < int(flip.sum()) < 16  # both branches exercised
+
+
+def test_zero_epochs_still_reports_accuracies(tiny: DataSplits) -> None:
+    key = create_scheme("noise", num_keys=10).generate(tiny, seed=0)
+    model = new_model("zhang_mnist", tiny, seed=1)
+    result = fit(model, tiny.train, TrainConfig(epochs=0), test=tiny.test, key=key, progress=False)
+    assert result.history == []
+    assert result.test_accuracy is not None and 0.0 <= result.test_accuracy <= 1.0
+    assert result.watermark_accuracy is not None

@@ -367,7 +367,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ownmark.fileio import write_json_atomic
     from ownmark.keys import load_key
     from ownmark.models import load_model
-    from ownmark.workflows import attack_model, check_compatible, run_record
+    from ownmark.workflows import attack_model, check_compatible, prune_sweep, run_record
 
     model = load_model(args.model, args.allow_factory)
     key = load_key(args.key) if args.key is not None else None
@@ -388,19 +388,20 @@ def cmd_attack(args: argparse.Namespace) -> int:
         rows = [metrics]
     else:
         rates = parse_rates(args.rate)
-        if len(rates) > 1 and args.out is not None:
-            raise ConfigError("--out takes one pruning rate; drop --out to sweep several rates")
         scope = "layer" if args.per_layer else "global"
-        rows = []
-        for rate in rates:
+        if len(rates) == 1:
             _, metrics = attack_model(
                 model,
-                MagnitudePruning(rate, scope),
+                MagnitudePruning(rates[0], scope),
                 data=AttackData(test=data.test),
                 key=key,
                 out=args.out,
             )
-            rows.append(metrics)
+            rows = [metrics]
+        elif args.out is not None:
+            raise ConfigError("--out takes one pruning rate; drop --out to sweep several rates")
+        else:
+            rows = prune_sweep(model, rates, scope=scope, test=data.test, key=key)
     print(f"{'attack':24s} {'test acc':>9s} {'wm acc':>9s}")
     for row in rows:
         label = ", ".join(
@@ -410,7 +411,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         )
         print(f"{label:24s} {_fmt(row['test_accuracy']):>9s} {_fmt(row['watermark_accuracy']):>9s}")
     if args.metrics is not None or args.out is not None:
-        path = args.metrics or args.out.with_suffix(".json")
+        path = _metrics_path(args)
         write_json_atomic(
             path, rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows)
         )

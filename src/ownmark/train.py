@@ -92,18 +92,27 @@ def key_repeats(num_train: int, num_keys: int, key_ratio: float) -> int:
     return max(1, math.ceil(key_ratio * num_train / ((1.0 - key_ratio) * num_keys)))
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 4 pixels (zero padding) and horizontal flips, per image."""
-    n, _, h, w = batch.shape
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 4 pixels (zero padding) and horizontal flips, per image.
+
+    The random draws come from the CPU ``generator`` (so runs are seeded the same on every
+    device); the cropping is one gather on the batch's own device, with no per-image loop.
+    """
+    n, channels, h, w = batch.shape
     padded = F.pad(batch, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.stack(
-        [padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w] for i in range(n)]
-    )
-    out[flip] = out[flip].flip(-1)
-    return out
+    dy = torch.randint(0, 9, (n,), generator=generator).to(batch.device)
+    dx = torch.randint(0, 9, (n,), generator=generator).to(batch.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+    cols = torch.arange(w, device=batch.device).expand(n, w)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)  # a flip reads columns backwards
+    rows = dy[:, None] + torch.arange(h, device=batch.device)
+    cols = dx[:, None] + cols
+    return padded[
+        torch.arange(n, device=batch.device)[:, None, None, None],
+        torch.arange(channels, device=batch.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -148,6 +157,9 @@ def fit(
         images = torch.cat([images, key.images.repeat(repeats, 1, 1, 1)])
         labels = torch.cat([labels, key.labels.repeat(repeats)])
     images, labels = images.to(device), labels.to(device)
+    # Evaluation sets go to the device once, not every epoch.
+    test_images = test.images.to(device) if test is not None else None
+    key_images = key.images.to(device) if key is not None else None
 
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -196,7 +208,7 @@ def fit(
             index = order[start : start + config.batch_size].to(device)
             batch = to_float_images(images[index])
             if config.augment:
-                batch = _augment(batch.cpu(), augment_rng).to(device)
+                batch = augment(batch, augment_rng)
             target = labels[index]
             logits = model(batch)
             loss = F.cross_entropy(logits, target)
@@ -221,10 +233,7 @@ def fit(
             "loss": float(total_loss) / seen,
             "train_accuracy": int(correct) / seen,
         }
-        if test is not None:
-            record["test_accuracy"] = accuracy(model, test.images.to(device), test.labels)
-        if key is not None:
-            record["watermark_accuracy"] = accuracy(model, key.images.to(device), key.labels)
+        record.update(_evaluate(model, test_images, test, key_images, key))
         history.append(record)
         if checkpoint is not None:
             state = {
@@ -239,15 +248,31 @@ def fit(
                 torch.save(state, tmp)
     bar.close()
     model.eval()
-    test_acc = accuracy(model, test.images.to(device), test.labels) if test is not None else None
-    wm_acc = accuracy(model, key.images.to(device), key.labels) if key is not None else None
+    # The last epoch already measured the final weights; only a run of 0 epochs has not.
+    final = history[-1] if history else _evaluate(model, test_images, test, key_images, key)
     return TrainResult(
         epochs=config.epochs,
         seconds=elapsed,
-        test_accuracy=test_acc,
-        watermark_accuracy=wm_acc,
+        test_accuracy=final.get("test_accuracy"),
+        watermark_accuracy=final.get("watermark_accuracy"),
         history=history,
     )
+
+
+def _evaluate(
+    model: nn.Module,
+    test_images: torch.Tensor | None,
+    test: ImageDataset | None,
+    key_images: torch.Tensor | None,
+    key: KeySet | None,
+) -> dict[str, float]:
+    """Test and watermark accuracy of ``model`` (images already on the model's device)."""
+    scores: dict[str, float] = {}
+    if test is not None and test_images is not None:
+        scores["test_accuracy"] = accuracy(model, test_images, test.labels)
+    if key is not None and key_images is not None:
+        scores["watermark_accuracy"] = accuracy(model, key_images, key.labels)
+    return scores
 
 
 def remove_checkpoint(checkpoint: str | Path | None) -> None:

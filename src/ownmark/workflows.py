@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ownmark import __version__
-from ownmark.attacks import Attack, AttackData
+from ownmark.attacks import Attack, AttackData, MagnitudePruning
 from ownmark.data import DataSplits, ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic
@@ -169,12 +169,17 @@ def attack_model(
     key: KeySet | None = None,
     out: str | Path | None = None,
     metrics_out: str | Path | None = None,
+    before: dict[str, float | None] | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
-    """Apply ``attack`` to a copy of ``model``, measure it before and after, write results."""
+    """Apply ``attack`` to a copy of ``model``, measure it before and after, write results.
+
+    ``before`` is the untouched model's :func:`evaluate` result, if the caller already has it.
+    """
     if key is not None:
         check_compatible(model, key=key)
     test = data.test if data is not None else None
-    before = evaluate(model, test=test, key=key)
+    if before is None:
+        before = evaluate(model, test=test, key=key)
     attacked = attack(model, data)
     assert isinstance(attacked, Classifier)
     after = evaluate(attacked, test=test, key=key)
@@ -194,3 +199,23 @@ def attack_model(
     if metrics_out is not None:
         write_json_atomic(metrics_out, metrics)
     return attacked, metrics
+
+
+def prune_sweep(
+    model: Classifier,
+    rates: list[float],
+    *,
+    scope: str = "global",
+    test: ImageDataset | None = None,
+    key: KeySet | None = None,
+) -> list[dict[str, Any]]:
+    """Metrics of ``model`` pruned at each of ``rates`` (seed 001, Table 3).
+
+    The untouched model is measured once for the whole sweep.
+    """
+    data = AttackData(test=test)
+    before = evaluate(model, test=test, key=key)
+    return [
+        attack_model(model, MagnitudePruning(rate, scope), data=data, key=key, before=before)[1]
+        for rate in rates
+    ]
