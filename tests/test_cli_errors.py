@@ -507,6 +507,56 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["-q", "embed", "--key", "{K}", "--key-ratio", "1", "--epochs", "0", "--out", "{OUT}/E"],
         ["key_ratio", "1"],
     ),
+    # --- remote verification, serving, evidence
+    "verify-budget-cannot-reach-alpha": (
+        ["verify", "--key", "{K}", "--model", "{M}", "--max-queries", "5", "--json", "{OUT}/r"],
+        ["5 key queries can never reach alpha", "--max-queries"],
+    ),
+    "verify-unknown-protocol": (
+        ["verify", "--key", "{K}", "--url", "http://127.0.0.1:9", "--protocol", "grpc"],
+        ["grpc", "v2"],
+    ),
+    "verify-server-down": (
+        [
+            "verify",
+            "--key",
+            "{K}",
+            "--url",
+            "http://127.0.0.1:9/v2/models/m",
+            "--retries",
+            "0",
+            "--evidence",
+            "{OUT}/e.json",
+        ],
+        ["cannot connect", "127.0.0.1:9"],
+    ),
+    "verify-bad-adapter": (
+        ["verify", "--key", "{K}", "--url", "no_such_mod:fn", "--protocol", "python"],
+        ["no_such_mod"],
+    ),
+    "serve-missing-model": (["serve", "{NODIR}/m.safetensors"], ["not found"]),
+    "serve-unknown-backend": (["serve", "{M}", "--backend", "tf"], ["tf", "onnxruntime"]),
+    "serve-unknown-answer": (["serve", "{M}", "--answer", "logits"], ["logits", "topk"]),
+    "export-missing-model": (
+        ["export", "{NODIR}/m.safetensors", "--onnx", "{OUT}/m.onnx"],
+        ["not found"],
+    ),
+    "evidence-check-missing": (
+        ["evidence", "check", "{NODIR}/e.json", "--key", "{K}"],
+        ["evidence file not found"],
+    ),
+    "keygen-one-reference": (
+        ["keygen", "--scheme", "content", "--reference", "{M}", "--out", "{OUT}/K"],
+        ["at least 2 clean reference models"],
+    ),
+    "calibrate-one-architecture": (
+        ["calibrate", "{K}", "--reference", "{M}", "{M}", "--out", "{OUT}/K"],
+        ["2 architectures", "lenet5"],
+    ),
+    "usage-verify-model-and-url": (
+        ["verify", "--key", "{K}", "--model", "{M}", "--url", "http://x"],
+        ["not allowed with"],
+    ),
     # --- argparse usage errors (the _Parser override makes them one line as well)
     "usage-no-command": ([], ["required", "COMMAND", "--help"]),
     "usage-unknown-command": (["nope"], ["invalid choice: 'nope'", "--help"]),
@@ -637,14 +687,13 @@ def test_keygen_with_good_parameters_succeeds(
 def test_verify_good_key_and_model_gives_a_verdict_not_an_error(
     assets: dict[str, str], out_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = out_dir / "r.json"
-    rc, out, err = run_cli(
-        ["verify", "--key", assets["K"], "--model", assets["M"], "--json", report], capsys
-    )
+    report, evidence = out_dir / "r.json", out_dir / "e.json"
+    argv = ["verify", "--key", assets["K"], "--model", assets["M"], "--p0", "0.05"]
+    rc, out, err = run_cli([*argv, "--json", report, "--evidence", evidence], capsys)
     assert rc in (0, 1, 3), (rc, err)
     assert err == ""
-    assert "verdict:" in out and "matches" in out and report.is_file()
-    assert files_in(out_dir) == ["r.json"]
+    assert "verdict:" in out and "matched" in out and report.is_file()
+    assert files_in(out_dir) == ["e.json", "e.md", "r.json"]
 
 
 def test_preview_of_good_key_succeeds(

@@ -10,25 +10,29 @@ from pathlib import Path
 from ownmark.demo import run_demo
 from ownmark.keys import load_key
 from ownmark.models import load_model
+from ownmark.verify.evidence import check_evidence
 
 
 def test_demo_verdicts(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, epochs=4, finetune_epochs=2, progress=False)
     rows = {row.model: row for row in summary.rows}
     assert rows["clean"].verdict == "not owned"
-    assert rows["clean"].matches <= 20
+    assert rows["clean"].watermark_accuracy <= 0.2
     assert rows["watermarked"].verdict == "owned"
-    assert rows["watermarked"].matches >= 95
+    assert rows["watermarked"].watermark_accuracy >= 0.95
     assert rows["watermarked"].test_accuracy >= 0.85
-    assert rows["watermarked + 50% pruning"].verdict == "owned"
-    assert rows["watermarked + fine-tuning"].verdict == "owned"
+    assert rows["pruned50"].verdict == "owned"
+    assert rows["finetuned"].verdict == "owned"
     assert summary.correct
+    key = load_key(tmp_path / "key.safetensors")
+    # Calibrated on the demo's clean references: a small p0, so a handful of queries decide.
+    assert key.p0 < 0.1 and rows["watermarked"].queries <= 20
     for name in ("clean", "watermarked", "watermarked-pruned50", "watermarked-finetuned"):
         load_model(tmp_path / f"{name}.safetensors")
-    assert (
-        load_key(tmp_path / "key.safetensors").commitment
-        == json.loads((tmp_path / "summary.json").read_text())["key_commitment"]
-    )
+    assert key.commitment == json.loads((tmp_path / "summary.json").read_text())["key_commitment"]
+    for row in summary.rows:
+        check = check_evidence(row.evidence, key)
+        assert check.valid and check.verdict == row.verdict
     assert "| watermarked | " in (tmp_path / "summary.md").read_text()
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -65,11 +69,23 @@ def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
     assert metrics["seed"] == 1 and metrics["config"]["epochs"] == 4 and metrics["seconds"] > 0
     assert metrics["key_commitment"] == load_key(key).commitment
 
-    owned = _ownmark("verify", "--key", key, "--model", marked, "--json", tmp_path / "v.json")
+    owned = _ownmark(
+        "verify",
+        "--key",
+        key,
+        "--model",
+        marked,
+        "--json",
+        tmp_path / "v.json",
+        "--evidence",
+        tmp_path / "e1.json",
+    )
     assert owned.returncode == 0, owned.stdout
     assert "verdict: owned" in owned.stdout
     assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "owned"
-    not_owned = _ownmark("verify", "--key", key, "--model", clean)
+    not_owned = _ownmark(
+        "verify", "--key", key, "--model", clean, "--evidence", tmp_path / "e2.json"
+    )
     assert not_owned.returncode == 1, not_owned.stdout
     assert "verdict: not owned" in not_owned.stdout
 

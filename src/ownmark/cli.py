@@ -63,6 +63,76 @@ def _add_allow_factory(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_calibration(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        type=Path,
+        required=required,
+        default=[],
+        metavar="MODEL",
+        help="clean reference model files (>= 2 seeds, >= 2 architectures) to calibrate p0 on",
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=0.999, help="of p0's upper bound, default 0.999"
+    )
+    _add_allow_factory(parser)
+
+
+def _add_verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alpha", type=float, default=1e-6, help="false-claim rate, default 1e-6")
+    parser.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
+    parser.add_argument(
+        "--max-queries", type=int, default=100, help="key-query budget, default 100"
+    )
+    parser.add_argument(
+        "--fixed",
+        action="store_true",
+        help="spend the whole budget and test once (default: stop as soon as it is clear)",
+    )
+    parser.add_argument("--batch", type=int, default=32, help="most key images per request")
+    parser.add_argument(
+        "--decoys", type=float, default=0.0, metavar="RATIO", help="ordinary images per key image"
+    )
+    parser.add_argument(
+        "--decoy-data",
+        metavar="NAME",
+        help="data set to draw decoys from (default: the key's clean originals)",
+    )
+    parser.add_argument("--decoy-path", metavar="PATH", help="where --decoy-data's files are")
+    parser.add_argument("--max-errors", type=int, default=10, help="failed queries tolerated")
+    parser.add_argument("--seed", type=int, help="query order seed (default: random, recorded)")
+    parser.add_argument(
+        "--evidence",
+        type=Path,
+        help="evidence JSON to write (default ownmark-evidence/verify-<UTC time>.json), "
+        "with a .md report beside it",
+    )
+    parser.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    parser.add_argument("--json", type=Path, help="also write the result summary as JSON")
+
+
+def _add_remote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol", default="v2", help="v2 (Open Inference Protocol, default), template, python"
+    )
+    parser.add_argument("--model-name", help="v2 model name (if --url does not include it)")
+    parser.add_argument("--template", type=Path, help="request/response template (JSON)")
+    parser.add_argument(
+        "--answer",
+        default="auto",
+        help="what the API answers: auto (default), label, topk, probabilities",
+    )
+    parser.add_argument(
+        "--token", help="bearer token (default: the OWNMARK_TOKEN environment variable)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries per request, default 3")
+    parser.add_argument(
+        "--rate-limit", type=float, metavar="RPS", help="most requests per second to send"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ownmark", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"ownmark {__version__}")
@@ -103,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheme parameter, e.g. -p text=TEST -p logo=logo.png",
     )
     keygen.add_argument("--preview", type=Path, help="also save a PNG of originals and triggers")
+    _add_calibration(keygen, required=False)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="calibrate an existing key's p0 on clean reference models"
+    )
+    calibrate.add_argument("key", type=Path, help="key file to calibrate")
+    calibrate.add_argument("--out", required=True, type=Path, help="calibrated key file to write")
+    _add_calibration(calibrate, required=True)
 
     preview = commands.add_parser("preview", help="save a PNG of a key's images")
     preview.add_argument("key", type=Path)
@@ -126,13 +204,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_allow_factory(embed)
 
-    verify = commands.add_parser("verify", help="verify ownership of a suspect model")
+    verify = commands.add_parser("verify", help="verify ownership of a suspect model or API")
     verify.add_argument("--key", required=True, type=Path)
-    verify.add_argument("--model", required=True, type=Path, help="suspect model file")
-    verify.add_argument("--alpha", type=float, default=1e-6, help="false-claim rate, default 1e-6")
-    verify.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
-    verify.add_argument("--json", type=Path, help="write the result as JSON")
+    target = verify.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", type=Path, help="suspect model file (in this process)")
+    target.add_argument(
+        "--url", help="suspect prediction API (or, with --protocol python, MODULE:CALLABLE)"
+    )
+    _add_remote(verify)
+    _add_verify_options(verify)
     _add_allow_factory(verify)
+
+    evidence = commands.add_parser("evidence", help="check evidence files; make signing keys")
+    evidence_commands = evidence.add_subparsers(
+        dest="evidence_command", required=True, parser_class=_Parser
+    )
+    check = evidence_commands.add_parser("check", help="re-check an evidence file against a key")
+    check.add_argument("evidence", type=Path)
+    check.add_argument("--key", required=True, type=Path)
+    check.add_argument("--public-key", type=Path, help="require a signature by this key (PEM)")
+    keypair = evidence_commands.add_parser("keypair", help="make an Ed25519 signing key pair")
+    keypair.add_argument("out", type=Path, help="private key file (the public key gets .pub)")
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP (Open Inference Protocol)")
+    serve.add_argument("model", type=Path, help="model file (.safetensors, or .onnx)")
+    serve.add_argument("--backend", default="torch", help="torch (default) or onnxruntime")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--name", help="model name in the URL (default: the file name's stem)")
+    serve.add_argument("--answer", default="label", help="label (default), topk or probabilities")
+    serve.add_argument("--top-k", type=int, default=5, help="labels per image for topk")
+    serve.add_argument("--max-batch", type=int, default=256, help="images per request")
+    serve.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit")
+    serve.add_argument(
+        "--token", help="require this bearer token (default: OWNMARK_SERVE_TOKEN if set)"
+    )
+    serve.add_argument("--access-log", type=Path, help="JSON-lines access log (default stderr)")
+    _add_allow_factory(serve)
+
+    export = commands.add_parser("export", help="export a model file to ONNX")
+    export.add_argument("model", type=Path)
+    export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    _add_allow_factory(export)
 
     attack = commands.add_parser("attack", help="attack a model (pruning, fine-tuning)")
     attack_commands = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
@@ -267,6 +380,24 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _calibrate(args: argparse.Namespace, key: Any) -> Any:
+    """Calibrate ``key`` on the --reference models and print what calibration found."""
+    from ownmark.calibrate import calibrate_key
+    from ownmark.models import load_model
+
+    references = [load_model(path, args.allow_factory) for path in args.reference]
+    calibrated, report = calibrate_key(
+        key, references, names=[path.stem for path in args.reference], confidence=args.confidence
+    )
+    print(
+        f"calibrated on {len(references)} clean reference models "
+        f"({', '.join(report.architectures)}): dropped {report.dropped} key samples they map to "
+        f"the key label; {report.matches} false matches in {report.trials} leave-one-out trials "
+        f"-> p0 <= {report.p0:.4g} at {report.confidence:g} confidence"
+    )
+    return calibrated
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from ownmark.keys import save_key
     from ownmark.preview import save_preview
@@ -279,6 +410,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     scheme = create_scheme(args.scheme, **params)
     data = _load_data(args)
     key = scheme.generate(data, seed=args.seed, dataset=args.data)
+    if args.reference:
+        key = _calibrate(args, key)
+    else:
+        print(
+            f"p0 not calibrated: assuming {key.p0:g}, which costs many more queries; "
+            "pass --reference with clean models of 2 architectures to calibrate"
+        )
     commitment = save_key(key, args.out)
     if args.preview is not None:
         save_preview(key, args.preview)
@@ -286,6 +424,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"commitment {commitment}")
     if args.preview is not None:
         print(f"preview {args.preview}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ownmark.keys import load_key, save_key
+
+    key = _calibrate(args, load_key(args.key))
+    commitment = save_key(key, args.out)
+    print(f"wrote {args.out}: {len(key)} key samples, p0 {key.p0:.4g}")
+    print(f"commitment {commitment}")
     return EXIT_OK
 
 
@@ -330,36 +478,158 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _suspect(args: argparse.Namespace, key: Any) -> Any:
+    """The suspect to query: a local model file, or an API through a protocol adapter."""
+    if args.model is not None:
+        from ownmark.models import load_model
+        from ownmark.verify import LocalModelSuspect
+        from ownmark.workflows import check_compatible
+
+        model = load_model(args.model, args.allow_factory)
+        check_compatible(model, key=key)
+        return LocalModelSuspect(model, str(args.model))
+    from ownmark.verify.protocols import HttpPolicy, open_suspect
+
+    policy = HttpPolicy(
+        timeout=args.timeout,
+        retries=args.retries,
+        rate_limit=args.rate_limit,
+        token=args.token or os.environ.get("OWNMARK_TOKEN") or None,
+    )
+    suspect = open_suspect(
+        args.url,
+        args.protocol,
+        model=args.model_name,
+        policy=policy,
+        answer=args.answer,
+        template=str(args.template) if args.template is not None else None,
+    )
+    if hasattr(suspect, "check_input_shape"):
+        # One metadata request up front beats spending the budget on images it cannot take.
+        suspect.check_input_shape(key.image_shape)
+    return suspect
+
+
+def _decoys(args: argparse.Namespace, key: Any) -> Any:
+    if args.decoys <= 0:
+        return None
+    if args.decoy_data is None:
+        return key.originals
+    from ownmark.data import load_dataset
+
+    return load_dataset(args.decoy_data, args.decoy_path).test.images
+
+
+def _p0_origin(key: Any, override: float | None) -> str:
+    if override is not None:
+        return "given with --p0"
+    return "calibrated" if key.p0_source.startswith("{") else key.p0_source
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
     from ownmark.fileio import write_json_atomic
     from ownmark.keys import load_key
-    from ownmark.models import load_model
-    from ownmark.verify import LocalModelSuspect, Verdict, verify_ownership
-    from ownmark.workflows import check_compatible
+    from ownmark.verify import Verdict, VerifyConfig, verify_ownership
+    from ownmark.verify.evidence import write_evidence
 
     key = load_key(args.key)
-    model = load_model(args.model, args.allow_factory)
-    check_compatible(model, key=key)
-    result = verify_ownership(
-        key, LocalModelSuspect(model, str(args.model)), alpha=args.alpha, p0=args.p0
+    config = VerifyConfig(
+        alpha=args.alpha,
+        p0=args.p0,
+        max_queries=args.max_queries,
+        sequential=not args.fixed,
+        max_batch=args.batch,
+        decoy_ratio=args.decoys,
+        max_errors=args.max_errors,
+        seed=args.seed,
     )
+    evidence_path = args.evidence or Path("ownmark-evidence") / (
+        f"verify-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    )
+    suspect = _suspect(args, key)
+    try:
+        result = verify_ownership(key, suspect, config, decoys=_decoys(args, key))
+    finally:
+        close = getattr(suspect, "close", None)
+        if callable(close):
+            close()
+    # Written before anything is printed: a failed write must not look like a verdict.
+    json_path, report_path = write_evidence(result, key, evidence_path, signing_key=args.sign_key)
     if args.json is not None:
-        # Written before anything is printed: a failed write must not look like a verdict.
         write_json_atomic(args.json, result.summary())
+    print(f"suspect {result.suspect} ({result.protocol})")
     print(
-        f"matches {result.matches}/{result.queries}, watermark accuracy "
-        f"{_fmt(result.watermark_accuracy)}, errors {result.errors}"
+        f"key queries {result.queries} of budget {result.budget}: {result.matches} matched, "
+        f"{result.errors} failed; {result.decoys} decoys; {result.requests} requests; "
+        f"stopped: {result.stop_reason}"
     )
+    failures = sorted({r.error for r in result.records if r.error is not None})
+    for failure in failures[:3]:
+        print(f"failed query: {failure}")
     print(
-        f"p-value {result.p_value:.3e} (exact binomial, p0={result.p0:g} [{key.p0_source}], "
-        f"alpha={result.alpha:g})"
+        f"p-value {result.p_value:.3e} (adjusted {result.adjusted_p_value:.3e}), alpha "
+        f"{result.alpha:g}, p0 {result.p0:.4g} ({_p0_origin(key, args.p0)})"
     )
     print(f"verdict: {result.verdict.value}")
+    print(f"evidence {json_path} (report {report_path})")
     return {
         Verdict.OWNED: EXIT_OK,
         Verdict.NOT_OWNED: EXIT_NOT_OWNED,
         Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE,
     }[result.verdict]
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from ownmark.keys import load_key
+    from ownmark.verify.evidence import check_evidence, generate_signing_key
+
+    if args.evidence_command == "keypair":
+        private, public = generate_signing_key(args.out)
+        print(f"wrote {private} (private, keep it secret) and {public} (public)")
+        return EXIT_OK
+    check = check_evidence(args.evidence, load_key(args.key), public_key=args.public_key)
+    if not check.valid:
+        for problem in check.problems:
+            print(f"invalid: {problem}")
+        return EXIT_NOT_OWNED
+    signed = f"; signed by Ed25519 key {check.signed_by}" if check.signed_by else "; not signed"
+    print(f"valid: verdict {check.verdict}, p-value {check.p_value:.3e}{signed}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ownmark.serve import ServeConfig, load_backend, serve_forever
+
+    backend = load_backend(args.model, args.backend, allow_factory=args.allow_factory)
+    config = ServeConfig(
+        model_name=args.name or args.model.stem,
+        answer=args.answer,
+        top_k=args.top_k,
+        max_batch=args.max_batch,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        token=args.token or os.environ.get("OWNMARK_SERVE_TOKEN") or None,
+        access_log=str(args.access_log) if args.access_log is not None else None,
+    )
+    if config.access_log is None:
+        access = logging.getLogger("ownmark.access")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    serve_forever(backend, config, args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ownmark.models import load_model
+    from ownmark.serve import export_onnx
+
+    path = export_onnx(load_model(args.model, args.allow_factory), args.onnx)
+    print(f"wrote {path} (ONNX; serve it with 'ownmark serve {path} --backend onnxruntime')")
+    return EXIT_OK
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -437,7 +707,11 @@ COMMANDS = {
     "preview": cmd_preview,
     "train": cmd_train,
     "embed": cmd_train,
+    "calibrate": cmd_calibrate,
     "verify": cmd_verify,
+    "evidence": cmd_evidence,
+    "serve": cmd_serve,
+    "export": cmd_export,
     "attack": cmd_attack,
     "demo": cmd_demo,
 }

@@ -1,9 +1,11 @@
-"""``ownmark demo``: the whole flow on the built-in MNIST digits, in minutes on a laptop CPU.
+"""``ownmark demo``: the whole flow on the built-in MNIST digits, in about a minute on a CPU.
 
-Steps: train a clean model; generate a key; embed it by training a second model on data
-mixed with the key; verify the watermarked model (owned) and the clean one (not owned);
-prune the watermarked model by 50% and fine-tune it on half of the test set (seed 001's
-attacks) and verify both again. Every file lands under one output folder.
+Steps: train a clean model (the innocent suspect) and three clean reference models of two
+architectures; generate a key and calibrate its false-match rate p0 on the references; embed
+the key by training a second model on data mixed with it; prune the watermarked model by 50%
+and fine-tune it on half of the test set (seed 001's attacks). Then serve each of the four
+suspects on a real HTTP server on 127.0.0.1 (Open Inference Protocol) and verify it through
+the API only, writing an evidence file per suspect. Every file lands under one output folder.
 """
 
 from __future__ import annotations
@@ -13,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from ownmark.attacks import AttackData, FineTuning, MagnitudePruning
+from ownmark.calibrate import calibrate_key
 from ownmark.data import load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
-from ownmark.keys import save_key
+from ownmark.keys import KeySet, save_key
+from ownmark.metrics import accuracy
+from ownmark.models import Classifier
 from ownmark.preview import save_preview
+from ownmark.serve import BackgroundServer, ServeConfig, TorchBackend, create_app
 from ownmark.train import TrainConfig
-from ownmark.verify import LocalModelSuspect, Verdict, verify_ownership
+from ownmark.verify import Verdict, VerificationResult, verify_ownership
+from ownmark.verify.evidence import write_evidence
+from ownmark.verify.protocols import V2Suspect
 from ownmark.workflows import attack_model, make_key, run_record, train_model
+
+#: Clean reference models for calibration: (architecture, seed offset). Their seeds differ
+#: from the clean suspect's, so the suspect stays independent of the calibration.
+REFERENCES = (("zhang_mnist", 10), ("lenet5", 10), ("lenet5", 11))
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,7 @@ class DemoRow:
     p_value: float
     verdict: str
     expected: str
+    evidence: str
 
 
 @dataclass
@@ -50,7 +63,8 @@ class DemoSummary:
     def table(self) -> str:
         """A Markdown table of the verified models."""
         lines = [
-            "| model | test acc. | watermark acc. | matches | p-value | verdict | expected |",
+            "| suspect (over HTTP) | test acc. | watermark acc. | key queries matched/sent "
+            "| adjusted p-value | verdict | expected |",
             "| --- | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for r in self.rows:
@@ -59,6 +73,16 @@ class DemoSummary:
                 f"| {r.matches}/{r.queries} | {r.p_value:.2e} | {r.verdict} | {r.expected} |"
             )
         return "\n".join(lines)
+
+
+def verify_over_http(
+    model: Classifier, name: str, key: KeySet, *, seed: int = 0
+) -> VerificationResult:
+    """Serve ``model`` on 127.0.0.1 and verify it through its prediction API only."""
+    app = create_app(TorchBackend(model), ServeConfig(model_name=name))
+    with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
+        suspect.check_input_shape(key.image_shape)
+        return verify_ownership(key, suspect, seed=seed)
 
 
 def run_demo(
@@ -91,7 +115,19 @@ def run_demo(
         metrics_out=out / "clean.json",
         progress=progress,
     )
-    key = make_key(data, scheme, seed=seed, dataset="digits")
+    references = [
+        train_model(
+            data,
+            TrainConfig(epochs=epochs, seed=seed + offset),
+            arch=arch,
+            out=out / f"reference-{arch}-s{seed + offset}.safetensors",
+            progress=progress,
+        )[0]
+        for arch, offset in REFERENCES
+    ]
+    raw_key = make_key(data, scheme, seed=seed, dataset="digits")
+    key, calibration = calibrate_key(raw_key, references)
+    write_json_atomic(out / "calibration.json", calibration.as_dict())
     save_key(key, out / "key.safetensors")
     save_preview(key, out / "key-preview.png")
     # A different initialisation seed: the watermarked model is not the clean one retrained.
@@ -128,6 +164,8 @@ def run_demo(
             seed=seed,
             finetune_epochs=finetune_epochs,
             key_commitment=key.commitment,
+            p0=key.p0,
+            calibration=calibration.as_dict(),
             clean_seconds=clean_result.seconds,
         )
     )
@@ -136,22 +174,25 @@ def run_demo(
     cases = [
         ("clean", clean, clean_result.test_accuracy, Verdict.NOT_OWNED),
         ("watermarked", marked, marked_result.test_accuracy, Verdict.OWNED),
-        ("watermarked + 50% pruning", pruned, pruned_metrics["test_accuracy"], Verdict.OWNED),
-        ("watermarked + fine-tuning", tuned, tuned_metrics["test_accuracy"], Verdict.OWNED),
+        ("pruned50", pruned, pruned_metrics["test_accuracy"], Verdict.OWNED),
+        ("finetuned", tuned, tuned_metrics["test_accuracy"], Verdict.OWNED),
     ]
     for name, model, test_accuracy, expected in cases:
-        result = verify_ownership(key, LocalModelSuspect(model, name), seed=seed)
+        result = verify_over_http(model, name, key, seed=seed)
+        evidence, _ = write_evidence(result, key, out / "evidence" / f"{name}.json")
         assert test_accuracy is not None
         summary.rows.append(
             DemoRow(
                 model=name,
                 test_accuracy=test_accuracy,
-                watermark_accuracy=result.watermark_accuracy,
+                # Over the whole key (the verification stops after a few queries).
+                watermark_accuracy=accuracy(model, key.images, key.labels),
                 matches=result.matches,
                 queries=result.queries,
-                p_value=result.p_value,
+                p_value=result.adjusted_p_value,
                 verdict=result.verdict.value,
                 expected=expected.value,
+                evidence=str(evidence),
             )
         )
     write_json_atomic(

@@ -24,3 +24,7 @@ class ModelFileError(OwnmarkError):
 
 class ConfigError(OwnmarkError):
     """An argument or parameter is invalid (unknown name, out-of-range value, mismatch)."""
+
+
+class EvidenceError(OwnmarkError):
+    """An evidence file is missing, unreadable, or a signing key is unusable."""

@@ -126,6 +126,15 @@ class KeySet:
         """Hex SHA-256 commitment over salt, metadata and tensors."""
         return compute_commitment(self.metadata(), self.tensors())
 
+    def select(self, indices: torch.Tensor) -> KeySet:
+        """A copy holding only the samples at ``indices`` (a new commitment)."""
+        return replace(
+            self,
+            images=self.images[indices].clone(),
+            labels=self.labels[indices].clone(),
+            originals=self.originals[indices].clone(),
+        )
+
     def with_p0(self, p0: float, source: str) -> KeySet:
         """A copy with a new false-match bound (and therefore a new commitment)."""
         return replace(self, p0=p0, p0_source=source)

@@ -8,7 +8,7 @@ CNNs of Zhang et al. 2018), ``resnet18`` and ``vgg16_bn`` (CIFAR-style). Any
 from __future__ import annotations
 
 # Importing the architecture modules registers them; keep these after the registry import.
-from ownmark.models import resnet, vgg, zhang  # noqa: F401
+from ownmark.models import lenet, resnet, vgg, zhang  # noqa: F401
 from ownmark.models.io import (
     load_model,
     load_state_into,

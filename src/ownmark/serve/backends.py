@@ -1,0 +1,319 @@
+"""Prediction backends: what the server runs to turn uint8 images into class probabilities.
+
+Two backends answer the same :class:`PredictBackend` protocol: :class:`TorchBackend` runs an
+ownmark model file in PyTorch, :class:`OnnxBackend` runs an ONNX file written by
+:func:`ownmark.serve.onnx_export.export_onnx` in onnxruntime, whose graph takes the uint8
+pixels directly. Both return softmax probabilities; the server derives labels and top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ownmark.errors import ConfigError, ModelFileError
+from ownmark.metrics import to_float_images
+from ownmark.models import Classifier, load_model
+
+__all__ = [
+    "BACKENDS",
+    "ONNX_FORMAT",
+    "ONNX_FORMAT_VERSION",
+    "OnnxBackend",
+    "PredictBackend",
+    "TorchBackend",
+    "load_backend",
+]
+
+BACKENDS = ("torch", "onnxruntime")
+"""Names accepted by :func:`load_backend`."""
+
+ONNX_FORMAT = "ownmark-onnx"
+"""Value of the ``format`` metadata property that marks an ONNX file exported by ownmark."""
+ONNX_FORMAT_VERSION = "1"
+"""Current ``format_version`` of ownmark ONNX files."""
+
+# Bounds memory per forward pass when a caller hands over a huge array.
+_CHUNK = 512
+
+
+@runtime_checkable
+class PredictBackend(Protocol):
+    """A classifier behind the server: uint8 images in, softmax probabilities out."""
+
+    @property
+    def platform(self) -> str:
+        """``"pytorch"`` or ``"onnxruntime"`` (the v2 model metadata ``platform``)."""
+        ...
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K."""
+        ...
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input image."""
+        ...
+
+    @property
+    def description(self) -> dict[str, str]:
+        """Human-readable facts about the model (``arch`` and friends), all strings."""
+        ...
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``(N, K)`` softmax probabilities for uint8 ``(N, C, H, W)`` images."""
+        ...
+
+
+def _check_images(images: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """Programming-error guard: the server validates requests before they get here."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise TypeError(f"images must be a uint8 numpy array, got {type(images).__name__}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        raise ValueError(
+            f"images must have shape (N, {', '.join(map(str, shape))}), got {images.shape}"
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TorchBackend:
+    """Run a :class:`~ownmark.models.Classifier` in PyTorch on the CPU.
+
+    The model is moved to the CPU and put in eval mode (in place). A lock serialises forward
+    passes: FastAPI runs request handlers in a thread pool, and one model shared by several
+    threads would only fight over the same CPU cores anyway.
+    """
+
+    def __init__(self, model: Classifier) -> None:
+        if not isinstance(model, Classifier):
+            raise TypeError(f"TorchBackend expects a Classifier, got {type(model).__name__}")
+        self._model = model.to("cpu").eval()
+        spec = model.spec
+        self._shape = (spec.in_channels, *spec.input_size)
+        self._lock = threading.Lock()
+
+    @property
+    def platform(self) -> str:
+        return "pytorch"
+
+    @property
+    def num_classes(self) -> int:
+        return self._model.spec.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self._shape
+        return c, h, w
+
+    @property
+    def description(self) -> dict[str, str]:
+        spec = self._model.spec
+        return {
+            "arch": spec.arch,
+            "num_classes": str(spec.num_classes),
+            "input_shape": "x".join(map(str, self._shape)),
+            "backend": "torch",
+        }
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``(N, K)`` probabilities; raises TypeError/ValueError on a wrong array."""
+        _check_images(images, self.input_shape)
+        # torch.tensor copies, so read-only arrays (e.g. from np.frombuffer) are fine.
+        batch = torch.tensor(images)
+        parts: list[torch.Tensor] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(batch), _CHUNK):
+                # Same uint8 → float conversion as ownmark.metrics.predict, so labels agree.
+                logits = self._model(to_float_images(batch[start : start + _CHUNK]))
+                parts.append(torch.softmax(logits.float(), dim=1))
+        if not parts:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        result: np.ndarray = torch.cat(parts).numpy().astype(np.float32, copy=False)
+        return result
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError(
+            "the onnxruntime backend needs onnxruntime; install it with pip install 'ownmark[onnx]'"
+        ) from exc
+    return onnxruntime
+
+
+def _read_onnx_spec(metadata: dict[str, str], path: Path) -> tuple[str, int, int, int, int]:
+    """``(arch, num_classes, C, H, W)`` from an ownmark ONNX file's metadata properties."""
+    if metadata.get("format") != ONNX_FORMAT:
+        raise ModelFileError(
+            f"{path} is an ONNX model but was not exported by ownmark (no 'format: "
+            f"{ONNX_FORMAT}' metadata); export it with ownmark.serve.export_onnx "
+            "(ownmark export --onnx)"
+        )
+    version = metadata.get("format_version")
+    if version != ONNX_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} uses ownmark ONNX format version {version!r}, but this ownmark reads "
+            f"version {ONNX_FORMAT_VERSION!r}; upgrade ownmark or export the model again"
+        )
+    try:
+        spec = json.loads(metadata["ownmark_spec"])
+        arch = spec["arch"]
+        num_classes = spec["num_classes"]
+        in_channels = spec["in_channels"]
+        h, w = spec["input_size"]
+        dims = (num_classes, in_channels, h, w)
+        if not isinstance(arch, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in dims
+        ):
+            raise ValueError(f"bad values {spec!r}")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(
+            f"{path}: invalid ownmark_spec metadata ({_one_line(exc)}); the file is damaged, "
+            "export the model again"
+        ) from exc
+    return arch, num_classes, in_channels, h, w
+
+
+class OnnxBackend:
+    """Run an ONNX file written by :func:`~ownmark.serve.onnx_export.export_onnx` in onnxruntime.
+
+    Uses the CPUExecutionProvider. The graph takes uint8 ``images`` and returns float32
+    ``logits``; this backend applies the softmax. ``InferenceSession.run`` is thread-safe, so
+    there is no lock.
+
+    Raises:
+        ConfigError: onnxruntime is not installed.
+        ModelFileError: the file is missing, not ONNX, or was not exported by ownmark.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        file = Path(path)
+        if not file.exists():
+            raise ModelFileError(
+                f"ONNX file not found: {file}; export one with ownmark.serve.export_onnx "
+                "(ownmark export --onnx) or check the path"
+            )
+        if not file.is_file():
+            raise ModelFileError(f"ONNX path {file} is not a file")
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no optimiser chatter on stderr
+        try:
+            self._session = ort.InferenceSession(
+                str(file), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelFileError(
+                f"{file} is not a valid ONNX model ({_one_line(exc)}); export it with "
+                "ownmark.serve.export_onnx (ownmark export --onnx)"
+            ) from exc
+        self._arch, self._num_classes, c, h, w = _read_onnx_spec(metadata, file)
+        self._shape = (c, h, w)
+        self._path = file
+        self._version = metadata.get("ownmark_version", "unknown")
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        problem = None
+        if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(uint8)":
+            problem = "expected one uint8 input named 'images'"
+        elif list(inputs[0].shape[1:]) != list(self._shape):
+            problem = f"input shape {inputs[0].shape} does not match the metadata {self._shape}"
+        elif not outputs or outputs[0].name != "logits":
+            problem = "expected an output named 'logits'"
+        if problem:
+            raise ModelFileError(
+                f"{self._path}: {problem}; the file was edited, export the model again"
+            )
+
+    @property
+    def platform(self) -> str:
+        return "onnxruntime"
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self._shape
+        return c, h, w
+
+    @property
+    def description(self) -> dict[str, str]:
+        return {
+            "arch": self._arch,
+            "num_classes": str(self._num_classes),
+            "input_shape": "x".join(map(str, self._shape)),
+            "backend": "onnxruntime",
+            "exported_by": f"ownmark {self._version}",
+        }
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``(N, K)`` probabilities; raises TypeError/ValueError on a wrong array."""
+        _check_images(images, self.input_shape)
+        parts = [
+            self._session.run(["logits"], {"images": np.ascontiguousarray(chunk)})[0]
+            for chunk in (images[s : s + _CHUNK] for s in range(0, len(images), _CHUNK))
+        ]
+        if not parts:
+            return np.zeros((0, self._num_classes), dtype=np.float32)
+        return _softmax(np.concatenate(parts))
+
+
+def load_backend(
+    path: str | os.PathLike[str], backend: str = "torch", *, allow_factory: str | None = None
+) -> PredictBackend:
+    """Load the model at ``path`` into a prediction backend.
+
+    Args:
+        path: an ownmark model file (``backend="torch"``) or an ONNX file exported by ownmark
+            (``backend="onnxruntime"``).
+        backend: one of :data:`BACKENDS`; default ``"torch"``.
+        allow_factory: passed to :func:`ownmark.models.load_model` for models with a custom
+            ``package.module:factory`` architecture (the exact factory name allows it); default
+            ``None`` refuses them. Ignored by ``onnxruntime``, which runs no Python model code.
+
+    Raises:
+        ConfigError: unknown backend name, or onnxruntime is not installed.
+        ModelFileError: the file is missing, corrupt, or of the other backend's kind.
+    """
+    file = Path(path)
+    if backend == "torch":
+        if file.suffix.lower() == ".onnx":
+            raise ModelFileError(
+                f"{file} looks like an ONNX file; serve it with the 'onnxruntime' backend"
+            )
+        return TorchBackend(load_model(file, allow_factory=allow_factory))
+    if backend == "onnxruntime":
+        if file.suffix.lower() == ".safetensors":
+            raise ModelFileError(
+                f"{file} looks like an ownmark model file, not ONNX; serve it with the 'torch' "
+                "backend or export it with ownmark.serve.export_onnx (ownmark export --onnx)"
+            )
+        return OnnxBackend(file)
+    raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,369 @@
+"""Evidence files: a verification written down so that anyone holding the key can re-check it.
+
+An evidence file (JSON) holds the key's commitment and creation time, the suspect's address
+and protocol, every query (key sample or decoy, image SHA-256, answer, time stamps), the test
+(p0, alpha, budget, look rule), the result (matches, queries, p-value, verdict) and ownmark's
+version. A SHA-256 ``digest`` over the canonical JSON catches edits; an optional Ed25519
+``signature`` (the ``cryptography`` package, ``pip install ownmark[sign]``) makes the file
+impossible to alter after the fact without the signer's private key.
+
+:func:`check_evidence` recomputes everything that can be recomputed from the file and the key:
+the digest and signature, that the key is the committed one, that every key query's hash is
+that key sample's image, that each answer was scored right, that no key sample was counted
+twice, and the verdict and p-value from the counts. What it cannot re-check is what the
+suspect really answered: the file records the answers, the signature vouches for who wrote
+them, and the time stamps for when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ownmark import __version__
+from ownmark.errors import EvidenceError
+from ownmark.fileio import atomic_path, write_text_atomic
+from ownmark.keys import KeySet
+from ownmark.verify.stats import BinomialTest, Verdict
+from ownmark.verify.verifier import VerificationResult, image_sha256, key_query_outcome
+
+EVIDENCE_FORMAT = "ownmark-evidence"
+EVIDENCE_FORMAT_VERSION = "1"
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    """The bytes the digest and the signature cover: everything but those two fields."""
+    body = {k: v for k, v in doc.items() if k not in ("digest", "signature")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
+    """The evidence document for ``result`` (obtained with ``key``), with its digest."""
+    doc: dict[str, Any] = {
+        "format": EVIDENCE_FORMAT,
+        "format_version": EVIDENCE_FORMAT_VERSION,
+        "ownmark_version": __version__,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "key": {
+            "commitment": key.commitment,
+            "created": key.created,
+            "scheme": key.scheme,
+            "dataset": key.dataset,
+            "samples": len(key),
+            "num_classes": key.num_classes,
+            "p0": key.p0,
+            "p0_source": key.p0_source,
+        },
+        "suspect": {"address": result.suspect, "protocol": result.protocol},
+        "test": {
+            "method": result.method,
+            "p0": result.p0,
+            "alpha": result.alpha,
+            "budget": result.budget,
+            "sequential": result.config.sequential,
+            "seed": result.seed,
+            "config": asdict(result.config),
+        },
+        "started": result.started,
+        "finished": result.finished,
+        "queries": [asdict(record) for record in result.records],
+        "result": {
+            "verdict": result.verdict.value,
+            "p_value": result.p_value,
+            "adjusted_p_value": result.adjusted_p_value,
+            "matches": result.matches,
+            "queries": result.queries,
+            "errors": result.errors,
+            "decoys": result.decoys,
+            "requests": result.requests,
+            "stop_reason": result.stop_reason,
+        },
+    }
+    doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
+    return doc
+
+
+def render_report(doc: dict[str, Any]) -> str:
+    """A short human-readable (Markdown) report of an evidence document."""
+    res, test, key = doc["result"], doc["test"], doc["key"]
+    lines = [
+        f"# Ownership verification: {res['verdict'].upper()}",
+        "",
+        f"- suspect: {doc['suspect']['address']} ({doc['suspect']['protocol']})",
+        f"- key: commitment `{key['commitment']}`, created {key['created']}, "
+        f"{key['scheme']} scheme, {key['samples']} samples",
+        f"- key matches: {res['matches']} of {res['queries']} key queries "
+        f"({res['errors']} failed), {res['decoys']} decoys, {res['requests']} requests; "
+        f"stopped: {res['stop_reason']}",
+        f"- p-value {res['p_value']:.3e} (adjusted for looks: {res['adjusted_p_value']:.3e}) "
+        f"against alpha {test['alpha']:g}, p0 {test['p0']:.4g}",
+        f"- test: {test['method']}",
+        f"- time: {doc['started']} to {doc['finished']}; ownmark {doc['ownmark_version']}",
+        f"- evidence digest: `{doc['digest']}`"
+        + (
+            f"; signed by Ed25519 key `{doc['signature']['public_key']}`"
+            if "signature" in doc
+            else ""
+        ),
+        "",
+        "| request | role | key sample | image SHA-256 | answer | match | error |",
+        "| ---: | --- | ---: | --- | --- | --- | --- |",
+    ]
+    for q in doc["queries"]:
+        index = "" if q["index"] is None else q["index"]
+        error = (q["error"] or "").replace("|", "/")
+        lines.append(
+            f"| {q['request']} | {q['role']} | {index} | `{q['image_sha256'][:16]}…` | "
+            f"{q['answer']} | {'yes' if q['matched'] else 'no'} | {error} |"
+        )
+    lines.append("")
+    lines.append(
+        "Re-check with `ownmark evidence check EVIDENCE.json --key KEY` (needs the key file)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _load_private_key(path: str | os.PathLike[str]) -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    except ImportError as exc:
+        raise EvidenceError(
+            "signing needs the cryptography package: pip install 'ownmark[sign]'"
+        ) from exc
+    try:
+        private = load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise EvidenceError(
+            f"cannot read an unencrypted PEM private key from {path} ({exc})"
+        ) from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise EvidenceError(
+            f"{path} is not an Ed25519 key; make one with 'ownmark evidence keypair'"
+        )
+    return private
+
+
+def _raw_public(public: Any) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return str(public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex())
+
+
+def sign_evidence(doc: dict[str, Any], private_key: str | os.PathLike[str]) -> dict[str, Any]:
+    """Add an Ed25519 signature over the canonical document (digest recomputed first)."""
+    private = _load_private_key(private_key)
+    doc = {**doc, "digest": hashlib.sha256(_canonical(doc)).hexdigest()}
+    doc["signature"] = {
+        "algorithm": "Ed25519",
+        "public_key": _raw_public(private.public_key()),
+        "value": private.sign(_canonical(doc)).hex(),
+    }
+    return doc
+
+
+def generate_signing_key(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair: ``OUT`` (private, PEM, mode 0600) and ``OUT.pub``."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+            PublicFormat,
+        )
+    except ImportError as exc:
+        raise EvidenceError(
+            "signing needs the cryptography package: pip install 'ownmark[sign]'"
+        ) from exc
+    private_path = Path(out)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    if private_path.exists():
+        raise EvidenceError(f"{private_path} exists; refusing to overwrite a signing key")
+    private = Ed25519PrivateKey.generate()
+    with atomic_path(private_path) as tmp:
+        tmp.write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    os.chmod(private_path, 0o600)
+    with atomic_path(public_path) as tmp:
+        tmp.write_bytes(
+            private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        )
+    return private_path, public_path
+
+
+def write_evidence(
+    result: VerificationResult,
+    key: KeySet,
+    path: str | os.PathLike[str],
+    *,
+    signing_key: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """Write the evidence JSON to ``path`` and its report next to it (``.md``), atomically.
+
+    Returns the two paths. With ``signing_key`` (an Ed25519 PEM private key) the JSON is signed.
+    """
+    doc = build_evidence(result, key)
+    if signing_key is not None:
+        doc = sign_evidence(doc, signing_key)
+    json_path = Path(path)
+    report_path = json_path.with_suffix(".md")
+    write_text_atomic(json_path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    write_text_atomic(report_path, render_report(doc))
+    return json_path, report_path
+
+
+def load_evidence(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an evidence JSON file (no checks beyond being a JSON object of the right format)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EvidenceError(f"evidence file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvidenceError(f"{path} is not a readable JSON evidence file ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != EVIDENCE_FORMAT:
+        raise EvidenceError(f"{path} is not an ownmark evidence file (no '{EVIDENCE_FORMAT}' tag)")
+    return doc
+
+
+@dataclass
+class EvidenceCheck:
+    """Outcome of :func:`check_evidence`: valid iff ``problems`` is empty."""
+
+    verdict: str | None = None
+    p_value: float | None = None
+    signed_by: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def _public_key_hex(path: str | os.PathLike[str]) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        public = load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise EvidenceError(f"cannot read a PEM public key from {path} ({exc})") from exc
+    if not isinstance(public, Ed25519PublicKey):
+        raise EvidenceError(f"{path} is not an Ed25519 public key")
+    return _raw_public(public)
+
+
+def _check_signature(doc: dict[str, Any], check: EvidenceCheck, pinned: str | None) -> None:
+    signature = doc.get("signature")
+    if signature is None:
+        if pinned is not None:
+            check.problems.append("the evidence is not signed, but a signer's public key was given")
+        return
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(signature["public_key"]))
+        public.verify(bytes.fromhex(signature["value"]), _canonical(doc))
+    except (InvalidSignature, KeyError, TypeError, ValueError):
+        check.problems.append("the Ed25519 signature does not match the content (edited or forged)")
+        return
+    check.signed_by = str(signature["public_key"])
+    if pinned is not None and pinned != check.signed_by:
+        check.problems.append(
+            f"signed by key {check.signed_by[:16]}…, not by the given public key {pinned[:16]}…"
+        )
+
+
+def check_evidence(
+    path: str | os.PathLike[str], key: KeySet, *, public_key: str | os.PathLike[str] | None = None
+) -> EvidenceCheck:
+    """Re-check an evidence file against the key; every inconsistency becomes a problem line.
+
+    Args:
+        path: the evidence JSON.
+        key: the key file the verification used.
+        public_key: an Ed25519 public key (PEM) the evidence must be signed with.
+    """
+    doc = load_evidence(path)
+    check = EvidenceCheck()
+    if doc.get("digest") != hashlib.sha256(_canonical(doc)).hexdigest():
+        check.problems.append("the file was edited after it was written (digest mismatch)")
+    _check_signature(doc, check, _public_key_hex(public_key) if public_key else None)
+    try:
+        _check_content(doc, key, check)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        check.problems.append(f"the evidence is malformed ({type(exc).__name__}: {exc})")
+    return check
+
+
+def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> None:
+    if doc["key"]["commitment"] != key.commitment:
+        check.problems.append(
+            f"the evidence is for key {doc['key']['commitment'][:16]}…, "
+            f"not this key ({key.commitment[:16]}…)"
+        )
+        return
+    test, res = doc["test"], doc["result"]
+    p0, budget = float(test["p0"]), int(test["budget"])
+    if p0 < key.p0:
+        check.problems.append(f"p0 {p0:g} is below the key's calibrated bound {key.p0:g}")
+    if budget > len(key):
+        check.problems.append(f"budget {budget} exceeds the key's {len(key)} samples")
+    seen: set[int] = set()
+    matches = errors = queries = decoys = 0
+    for q in doc["queries"]:
+        if q["role"] == "decoy":
+            decoys += 1
+            continue
+        if q["role"] != "key":
+            raise ValueError(f"unknown query role {q['role']!r}")
+        index = int(q["index"])
+        queries += 1
+        if not 0 <= index < len(key):
+            check.problems.append(f"query of key sample {index}: no such sample")
+            continue
+        if index in seen:
+            check.problems.append(f"key sample {index} was counted twice")
+        seen.add(index)
+        if q["image_sha256"] != image_sha256(key.images[index]):
+            check.problems.append(f"key sample {index}: image hash differs from the key's image")
+        label = int(key.labels[index])
+        if q["error"] is None:
+            _, matched, error = key_query_outcome(q["answer"], label, key.num_classes)
+            if error is not None or matched != q["matched"]:
+                check.problems.append(f"key sample {index}: answer {q['answer']!r} mis-scored")
+        elif q["matched"]:
+            check.problems.append(f"key sample {index}: a failed query was counted as a match")
+        matches += bool(q["matched"])
+        errors += q["error"] is not None
+    counted = (res["matches"], res["queries"], res["errors"], res["decoys"])
+    if counted != (matches, queries, errors, decoys):
+        check.problems.append(
+            f"result counts (matches, queries, errors, decoys) {counted} differ from the "
+            f"recorded queries {(matches, queries, errors, decoys)}"
+        )
+    if queries > budget:
+        check.problems.append(f"{queries} key queries exceed the budget {budget}")
+    rule = BinomialTest(
+        p0=p0,
+        alpha=float(test["alpha"]),
+        max_queries=max(1, budget),
+        sequential=bool(test["sequential"]),
+    )
+    verdict, p_value = rule.decide(matches, queries, errors)
+    check.verdict, check.p_value = verdict.value, p_value
+    if verdict.value != res["verdict"]:
+        check.problems.append(f"recorded verdict {res['verdict']!r}, recomputed {verdict.value!r}")
+    if not _close(p_value, float(res["p_value"])):
+        check.problems.append(f"recorded p-value {res['p_value']}, recomputed {p_value}")
+    if res["verdict"] == Verdict.OWNED.value and errors and verdict is not Verdict.OWNED:
+        check.problems.append("'owned' was claimed with failed queries that do not support it")
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(abs(a), abs(b)) or a == b

@@ -1,0 +1,191 @@
+"""Evidence files: written atomically, re-checked against the key, any edit detected."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ownmark.cli import main
+from ownmark.data import DataSplits
+from ownmark.errors import EvidenceError
+from ownmark.keys import KeySet, save_key
+from ownmark.schemes import create_scheme
+from ownmark.verify import Verdict, verify_ownership
+from ownmark.verify.evidence import (
+    check_evidence,
+    generate_signing_key,
+    load_evidence,
+    write_evidence,
+)
+
+
+class Answers:
+    """A suspect that gives every image the same label."""
+
+    address = "http://suspect.example/v2/models/m/infer"
+    protocol = "v2"
+
+    def __init__(self, label: int) -> None:
+        self.label = label
+
+    def query(self, images: torch.Tensor) -> Sequence[object]:
+        return [self.label] * len(images)
+
+
+@pytest.fixture(scope="module")
+def key(digits: DataSplits) -> KeySet:
+    return create_scheme("noise", num_keys=40).generate(digits, seed=0).with_p0(0.05, "test")
+
+
+@pytest.fixture
+def evidence(key: KeySet, tmp_path: Path, digits: DataSplits) -> Path:
+    result = verify_ownership(
+        key, Answers(0), decoys=digits.test.images[:20], decoy_ratio=0.5, seed=0
+    )
+    assert result.verdict is Verdict.OWNED
+    path, report = write_evidence(result, key, tmp_path / "ev.json")
+    assert report.read_text().startswith("# Ownership verification: OWNED")
+    return path
+
+
+def _edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_untouched_evidence_checks_out(evidence: Path, key: KeySet) -> None:
+    check = check_evidence(evidence, key)
+    assert check.valid, check.problems
+    doc = load_evidence(evidence)
+    assert check.verdict == "owned" == doc["result"]["verdict"]
+    assert check.p_value == doc["result"]["p_value"]
+    assert doc["key"]["commitment"] == key.commitment
+    assert doc["suspect"] == {"address": Answers.address, "protocol": "v2"}
+    assert {q["role"] for q in doc["queries"]} == {"key", "decoy"}
+    assert all(q["sent"] <= q["received"] for q in doc["queries"])
+    assert not list(evidence.parent.glob(".*tmp"))
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("timestamp", lambda d: d.update(started="2020-01-01T00:00:00+00:00")),
+        ("address", lambda d: d["suspect"].update(address="http://elsewhere")),
+        ("answer", lambda d: d["queries"][0].update(answer=7)),
+        ("verdict", lambda d: d["result"].update(verdict="not owned")),
+        ("p-value", lambda d: d["result"].update(p_value=1e-300)),
+        ("alpha", lambda d: d["test"].update(alpha=0.5)),
+        ("dropped query", lambda d: d["queries"].pop()),
+    ],
+)
+def test_any_edit_is_detected(
+    evidence: Path, key: KeySet, what: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    _edit(evidence, change)
+    check = check_evidence(evidence, key)
+    assert not check.valid
+    assert any("digest" in p for p in check.problems), check.problems
+
+
+def _resealed(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """An edit whose author also recomputed the digest: only the content checks can catch it."""
+    from ownmark.verify.evidence import _canonical
+
+    def both(doc: dict[str, Any]) -> None:
+        change(doc)
+        import hashlib
+
+        doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
+
+    _edit(path, both)
+
+
+def _rescore(doc: dict[str, Any]) -> None:
+    """Turn the first key query into a wrong answer that is still counted as a match."""
+    first = next(q for q in doc["queries"] if q["role"] == "key")
+    first["answer"] = 3
+
+
+def _duplicate(doc: dict[str, Any]) -> None:
+    keys = [q for q in doc["queries"] if q["role"] == "key"]
+    keys[1]["index"] = keys[0]["index"]
+    keys[1]["image_sha256"] = keys[0]["image_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_rescore, "mis-scored"),
+        (_duplicate, "counted twice"),
+        (lambda d: d["result"].update(verdict="not owned"), "recomputed 'owned'"),
+        (lambda d: d["test"].update(p0=0.01), "below the key's calibrated bound"),
+        (lambda d: d["result"].update(matches=99), "result counts"),
+        (lambda d: d["queries"][0].update(image_sha256="0" * 64), "hash"),
+    ],
+)
+def test_consistent_looking_forgeries_fail_the_recomputation(
+    evidence: Path, key: KeySet, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    _resealed(evidence, change)
+    check = check_evidence(evidence, key)
+    assert any(message in p for p in check.problems), check.problems
+
+
+def test_other_key_is_rejected(evidence: Path, digits: DataSplits) -> None:
+    other = create_scheme("noise", num_keys=40).generate(digits, seed=0)
+    check = check_evidence(evidence, other)
+    assert not check.valid and "not this key" in check.problems[-1]
+
+
+def test_signature_binds_the_file_to_the_signer(
+    key: KeySet, tmp_path: Path, evidence: Path
+) -> None:
+    private, public = generate_signing_key(tmp_path / "owner")
+    assert private.stat().st_mode & 0o777 == 0o600
+    result = verify_ownership(key, Answers(0), seed=1)
+    signed, _ = write_evidence(result, key, tmp_path / "signed.json", signing_key=private)
+    check = check_evidence(signed, key, public_key=public)
+    assert check.valid and check.signed_by is not None
+    # Someone else's key pair does not vouch for it.
+    _, stranger = generate_signing_key(tmp_path / "stranger")
+    assert any(
+        "not by the given public key" in p
+        for p in check_evidence(signed, key, public_key=stranger).problems
+    )
+    # An unsigned file fails when a signer is required.
+    assert not check_evidence(evidence, key, public_key=public).valid
+    # Editing and re-sealing the digest still breaks the signature.
+    _resealed(signed, lambda d: d["suspect"].update(address="http://elsewhere"))
+    assert any("signature" in p for p in check_evidence(signed, key, public_key=public).problems)
+    with pytest.raises(EvidenceError, match="refusing to overwrite"):
+        generate_signing_key(tmp_path / "owner")
+
+
+def test_unreadable_evidence(tmp_path: Path, key: KeySet) -> None:
+    with pytest.raises(EvidenceError, match="not found"):
+        check_evidence(tmp_path / "missing.json", key)
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(EvidenceError, match="not a readable JSON"):
+        check_evidence(tmp_path / "x.json", key)
+    (tmp_path / "y.json").write_text("[]")
+    with pytest.raises(EvidenceError, match="not an ownmark evidence file"):
+        check_evidence(tmp_path / "y.json", key)
+
+
+def test_cli_evidence_check_exit_codes(
+    evidence: Path, key: KeySet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_path = tmp_path / "k.key"
+    save_key(key, key_path)
+    assert main(["evidence", "check", str(evidence), "--key", str(key_path)]) == 0
+    assert "valid: verdict owned" in capsys.readouterr().out
+    _edit(evidence, lambda d: d["result"].update(verdict="not owned"))
+    assert main(["evidence", "check", str(evidence), "--key", str(key_path)]) == 1
+    assert "invalid:" in capsys.readouterr().out
+    assert main(["evidence", "check", str(tmp_path / "nope.json"), "--key", str(key_path)]) == 2

@@ -1,0 +1,1027 @@
+"""The client side of remote verification, against real HTTP servers on 127.0.0.1.
+
+Each test starts a small threaded HTTP server whose answer it scripts, so the client's real
+HTTP stack (httpx, sockets, headers, status codes) is exercised. The model behind the fake
+servers labels an image by the sum of its pixels mod 10, so a test knows exactly which labels
+the client must return, and a wrongly encoded batch gives wrong labels. Waiting is checked
+with a fake clock and sleep: no test sleeps for real except the timeout test (0.2 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import socket
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from ownmark.errors import ConfigError, OwnmarkError
+from ownmark.keys import KeySet
+from ownmark.verify import Verdict, verify_ownership
+from ownmark.verify.protocols import (
+    CallableSuspect,
+    HttpPolicy,
+    QueryError,
+    TemplateSuspect,
+    V2Suspect,
+    load_adapter,
+    normalize_answers,
+    open_suspect,
+    parse_v2_response,
+)
+from ownmark.verify.suspects import Suspect
+
+# ---------------------------------------------------------------------------------------------
+# a scriptable HTTP server
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+def reply(payload: object, status: int = 200, **headers: str) -> Reply:
+    return status, {"Content-Type": "application/json", **headers}, json.dumps(payload).encode()
+
+
+@dataclass
+class FakeServer:
+    """What a test scripts (``respond``) and observes (``seen``, ``decoded``)."""
+
+    url: str = ""
+    respond: Callable[[Seen], Reply] = lambda seen: reply({"error": "not scripted"}, 500)
+    seen: list[Seen] = field(default_factory=list)
+    decoded: list[np.ndarray] = field(default_factory=list)  # pixels a custom API decoded
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        state: FakeServer = self.server.state  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        state.seen.append(seen)
+        status, headers, payload = state.respond(seen)
+        try:
+            # send_response_only: no automatic Date header, so tests can set their own.
+            self.send_response_only(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            pass  # the client gave up (timeout test)
+
+    do_GET = do_POST = do_PUT = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def _httpd() -> Iterator[ThreadingHTTPServer]:
+    """One server for the module (starting one per test costs more than the tests)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(_httpd: ThreadingHTTPServer) -> Iterator[FakeServer]:
+    """The server, with a fresh script and record for this test."""
+    state = FakeServer(url=f"http://127.0.0.1:{_httpd.server_address[1]}")
+    _httpd.state = state  # type: ignore[attr-defined]
+    yield state
+    state.release.set()  # frees a handler still blocked in a slow reply
+
+
+class FakeTime:
+    """A clock that moves only when the client sleeps (or a test advances it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+# ---------------------------------------------------------------------------------------------
+# the model behind the fake servers
+
+
+def make_images(
+    n: int = 8, shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0
+) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=generator)
+
+
+def labels_of(pixels: np.ndarray | torch.Tensor) -> list[int]:
+    """The fake model: sum of pixels mod 10."""
+    array = np.asarray(pixels, dtype=np.int64)
+    return [int(v) for v in array.reshape(len(array), -1).sum(axis=1) % 10]
+
+
+def one_hot_rows(labels: list[int], classes: int = 10) -> list[list[float]]:
+    return [[0.9 if c == label else 0.01 for c in range(classes)] for label in labels]
+
+
+def v2_outputs(mode: str, labels: list[int]) -> list[dict[str, Any]]:
+    n = len(labels)
+    label = {"name": "label", "datatype": "INT64", "shape": [n], "data": labels}
+    ranks = [[lab, (lab + 1) % 10, (lab + 2) % 10] for lab in labels]
+    topk = [
+        {
+            "name": "topk_labels",
+            "datatype": "INT64",
+            "shape": [n, 3],
+            "data": [v for row in ranks for v in row],
+        },
+        {"name": "topk_scores", "datatype": "FP32", "shape": [n, 3], "data": [0.8, 0.1, 0.05] * n},
+    ]
+    rows = one_hot_rows(labels)
+    probabilities = {"name": "probabilities", "datatype": "FP32", "shape": [n, 10]}
+    if mode == "label":
+        return [label]
+    if mode == "label+topk":
+        return [label, *topk]
+    if mode == "topk":
+        return topk
+    if mode == "probabilities":
+        return [{**probabilities, "data": [v for row in rows for v in row]}]
+    if mode == "triton_labels":  # Triton naming, [N, 1] INT32
+        return [{"name": "OUTPUT__0", "datatype": "INT32", "shape": [n, 1], "data": labels}]
+    if mode == "nested_logits":  # any name, nested data, FP16
+        return [{"name": "logits", "datatype": "FP16", "shape": [n, 10], "data": rows}]
+    if mode == "short":  # one label missing
+        return [{**label, "shape": [n - 1], "data": labels[:-1]}]
+    raise AssertionError(mode)
+
+
+METADATA = {
+    "name": "net",
+    "versions": ["1"],
+    "platform": "pytorch_torchscript",
+    "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, 1, 28, 28]}],
+    "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+    "parameters": {},
+}
+
+
+def v2_model(mode: str = "label") -> Callable[[Seen], Reply]:
+    """A correct v2 server for the model "net" answering in ``mode``."""
+
+    def respond(seen: Seen) -> Reply:
+        if seen.method == "GET" and seen.path == "/v2/models/net":
+            return reply(METADATA)
+        if seen.method == "GET" and seen.path == "/v2/health/ready":
+            return reply({"ready": True})
+        if seen.method != "POST" or seen.path != "/v2/models/net/infer":
+            return reply({"error": f"unknown model or path {seen.path}"}, 404)
+        request = seen.json()
+        tensor = request["inputs"][0]
+        pixels = np.array(tensor["data"], dtype=np.int64).reshape(tensor["shape"])
+        outputs = v2_outputs(mode, labels_of(pixels))
+        return reply(
+            {"model_name": "net", "model_version": "1", "id": request["id"], "outputs": outputs}
+        )
+
+    return respond
+
+
+def scripted(
+    *replies: Reply, then: Callable[[Seen], Reply] | None = None
+) -> Callable[[Seen], Reply]:
+    """Answer with ``replies`` in order, then with ``then`` (default: the last reply again)."""
+    queue = list(replies)
+
+    def respond(seen: Seen) -> Reply:
+        if queue:
+            return queue.pop(0)
+        assert then is not None
+        return then(seen)
+
+    return respond
+
+
+def no_wait(**fields: Any) -> HttpPolicy:
+    return HttpPolicy(**{"timeout": 5.0, **fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: answers
+
+
+@pytest.mark.parametrize(
+    ("url", "model"),
+    [
+        ("{base}", "net"),
+        ("{base}/", "net"),
+        ("{base}/v2/models/net", None),
+        ("{base}/v2/models/net/infer", None),
+    ],
+)
+def test_v2_returns_the_models_labels(server: FakeServer, url: str, model: str | None) -> None:
+    server.respond = v2_model("label")
+    images = make_images(8)
+    with V2Suspect(url.format(base=server.url), model) as suspect:
+        assert suspect.query(images) == labels_of(images)
+        assert suspect.address == f"{server.url}/v2/models/net/infer"
+        assert suspect.protocol == "v2"
+        assert (suspect.requests_sent, suspect.images_sent, suspect.retries_done) == (1, 8, 0)
+    request = server.seen[0].json()
+    assert server.seen[0].headers["content-type"] == "application/json"
+    (tensor,) = request["inputs"]
+    assert tensor["name"] == "images"
+    assert tensor["datatype"] == "UINT8"
+    assert tensor["shape"] == [8, 1, 28, 28]
+    assert tensor["data"] == images.reshape(-1).tolist()  # flat, row-major
+
+
+def test_v2_request_ids_are_unique(server: FakeServer) -> None:
+    server.respond = v2_model("label")
+    with V2Suspect(server.url, "net") as suspect:
+        for seed in range(3):
+            suspect.query(make_images(2, seed=seed))
+    ids = [seen.json()["id"] for seen in server.seen]
+    assert len(set(ids)) == 3 and all(isinstance(i, str) and i for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer"),
+    [
+        ("label", "label"),
+        ("label+topk", "auto"),
+        ("label+topk", "topk"),
+        ("topk", "auto"),
+        ("probabilities", "auto"),
+        ("probabilities", "probabilities"),
+        ("triton_labels", "auto"),
+        ("triton_labels", "label"),
+        ("nested_logits", "auto"),
+        ("nested_logits", "probabilities"),
+    ],
+)
+def test_v2_output_kinds(server: FakeServer, mode: str, answer: str) -> None:
+    server.respond = v2_model(mode)
+    images = make_images(8, (3, 8, 8))
+    with V2Suspect(f"{server.url}/v2/models/net", answer=answer) as suspect:
+        assert suspect.query(images) == labels_of(images)
+
+
+def test_v2_labels_expected_but_probabilities_answered(server: FakeServer) -> None:
+    server.respond = v2_model("probabilities")
+    with (
+        V2Suspect(server.url, "net", answer="label") as suspect,
+        pytest.raises(QueryError) as info,
+    ):
+        suspect.query(make_images(8))
+    assert str(info.value) == (
+        "the API answers probabilities [8, 10] but labels were expected; "
+        "rerun with --answer auto or --answer probabilities"
+    )
+
+
+def test_v2_topk_scores_are_never_taken_for_class_scores(server: FakeServer) -> None:
+    server.respond = v2_model("topk")
+    with (
+        V2Suspect(server.url, "net", answer="probabilities") as suspect,
+        pytest.raises(QueryError, match="--answer topk"),
+    ):
+        suspect.query(make_images(4))
+
+
+def test_v2_wrong_number_of_labels(server: FakeServer) -> None:
+    server.respond = v2_model("short")
+    with V2Suspect(server.url, "net") as suspect, pytest.raises(QueryError) as info:
+        suspect.query(make_images(8))
+    assert str(info.value) == "expected 8 labels, got 7"
+
+
+def test_v2_malformed_json_is_not_retried(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = lambda seen: (200, {"Content-Type": "application/json"}, b'{"outputs": [')
+    suspect = V2Suspect(server.url, "net", sleep=fake_time.sleep, clock=fake_time.clock)
+    with suspect, pytest.raises(QueryError, match="malformed JSON in the answer"):
+        suspect.query(make_images(2))
+    assert suspect.requests_sent == 1 and fake_time.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([1, 2], "not an object"),
+        ({"model_name": "net"}, "no 'outputs' list"),
+        ({"error": "model crashed"}, "model crashed"),
+        ({"id": "someone-else", "outputs": []}, "is for request 'someone-else'"),
+        (
+            {"outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1.5, 2]}]},
+            "not an integer label",
+        ),
+        (
+            {"outputs": [{"name": "label", "datatype": "INT64", "shape": [3], "data": [1, 2]}]},
+            "shape [3] but 2 values",
+        ),
+        (
+            {"outputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 0, 2]}]},
+            "shape [2, 2] but 3 values",
+        ),
+        (
+            {
+                "outputs": [
+                    {"name": "probabilities", "datatype": "FP32", "shape": [2, 1], "data": [1, 0]}
+                ]
+            },
+            "1 score per image",
+        ),
+        (
+            {
+                "outputs": [
+                    {"name": "a", "datatype": "INT64", "shape": [2], "data": [1, 0]},
+                    {"name": "b", "datatype": "INT32", "shape": [2], "data": [1, 0]},
+                ]
+            },
+            "several possible labels (a [2], b [2])",
+        ),
+    ],
+)
+def test_v2_invalid_answers(server: FakeServer, payload: object, message: str) -> None:
+    server.respond = lambda seen: reply(payload)
+    with (
+        V2Suspect(server.url, "net") as suspect,
+        pytest.raises(QueryError, match=re.escape(message)),
+    ):
+        suspect.query(make_images(2))
+
+
+def test_v2_nan_scores_are_refused() -> None:
+    # The JSON module writes and reads NaN, as some servers do.
+    payload = json.loads(
+        '{"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [2, 2],'
+        ' "data": [0.1, 0.9, NaN, 0.2]}]}'
+    )
+    with pytest.raises(QueryError, match="NaN"):
+        parse_v2_response(payload, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: retries, errors, waiting
+
+
+def test_http_500_always_fails_after_the_retries(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = lambda seen: reply({"error": "model exploded\nat line 3"}, 500)
+    suspect = V2Suspect(
+        server.url, "net", policy=no_wait(retries=2), sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    with suspect, pytest.raises(QueryError) as info:
+        suspect.query(make_images(2))
+    assert str(info.value) == (
+        f"HTTP 500 from {server.url}/v2/models/net/infer after 2 retries: model exploded at line 3"
+    )
+    assert (suspect.requests_sent, suspect.retries_done, len(fake_time.sleeps)) == (3, 2, 2)
+
+
+def test_500_twice_then_ok_backs_off(server: FakeServer) -> None:
+    def run(seed: int) -> list[float]:
+        clock = FakeTime()
+        server.respond = scripted(
+            reply({"error": "busy"}, 500), reply({"error": "busy"}, 503), then=v2_model("label")
+        )
+        images = make_images(4)
+        policy = no_wait(backoff=0.5)
+        with V2Suspect(
+            server.url, "net", policy=policy, sleep=clock.sleep, clock=clock.clock, seed=seed
+        ) as suspect:
+            assert suspect.query(images) == labels_of(images)
+            assert (suspect.requests_sent, suspect.retries_done) == (3, 2)
+        return clock.sleeps
+
+    waits = run(seed=0)
+    assert len(waits) == 2
+    assert 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0  # doubling, jittered down
+    assert run(seed=0) == waits  # seeded jitter: the same waits every time
+    assert run(seed=1) != waits
+
+
+def test_backoff_is_capped(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = lambda seen: reply({"error": "down"}, 502)
+    policy = no_wait(retries=5, backoff=1.0, max_backoff=2.0)
+    suspect = V2Suspect(server.url, "net", policy=policy, sleep=fake_time.sleep)
+    with suspect, pytest.raises(QueryError, match=r"HTTP 502 .* after 5 retries"):
+        suspect.query(make_images(1))
+    assert all(w <= 2.0 for w in fake_time.sleeps) and len(fake_time.sleeps) == 5
+
+
+def test_429_honours_retry_after_seconds(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = scripted(
+        reply({"error": "slow down"}, 429, **{"Retry-After": "2"}), then=v2_model("label")
+    )
+    images = make_images(3)
+    suspect = V2Suspect(server.url, "net", sleep=fake_time.sleep, clock=fake_time.clock)
+    with suspect:
+        assert suspect.query(images) == labels_of(images)
+    assert fake_time.sleeps == [2.0]
+    assert suspect.retries_done == 1
+
+
+def test_429_honours_retry_after_http_date(server: FakeServer, fake_time: FakeTime) -> None:
+    # Measured against the server's Date header, not this machine's clock.
+    headers = {
+        "Date": "Wed, 21 Oct 2015 07:28:00 GMT",
+        "Retry-After": "Wed, 21 Oct 2015 07:28:03 GMT",
+    }
+    server.respond = scripted(reply({"error": "slow down"}, 429, **headers), then=v2_model("label"))
+    suspect = V2Suspect(server.url, "net", sleep=fake_time.sleep, clock=fake_time.clock)
+    with suspect:
+        suspect.query(make_images(2))
+    assert fake_time.sleeps == [3.0]
+
+
+def test_429_without_retry_after_backs_off(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = scripted(reply({"error": "slow down"}, 429), then=v2_model("label"))
+    suspect = V2Suspect(server.url, "net", sleep=fake_time.sleep, clock=fake_time.clock)
+    with suspect:
+        suspect.query(make_images(2))
+    assert len(fake_time.sleeps) == 1 and 0.25 <= fake_time.sleeps[0] <= 0.5
+
+
+def test_429_retry_after_too_long_fails_at_once(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = lambda seen: reply({"error": "quota"}, 429, **{"Retry-After": "600"})
+    policy = no_wait(max_retry_after=120.0)
+    suspect = V2Suspect(server.url, "net", policy=policy, sleep=fake_time.sleep)
+    with suspect, pytest.raises(QueryError) as info:
+        suspect.query(make_images(2))
+    assert "Retry-After" in str(info.value) and "600 s" in str(info.value)
+    assert suspect.requests_sent == 1 and fake_time.sleeps == []
+
+
+def test_401_asks_for_a_token_and_the_token_is_sent(server: FakeServer) -> None:
+    model = v2_model("label")
+
+    def respond(seen: Seen) -> Reply:
+        if seen.headers.get("authorization") != "Bearer s3cret":
+            return reply({"error": "missing or bad token"}, 401)
+        return model(seen)
+
+    server.respond = respond
+    images = make_images(2)
+    with V2Suspect(server.url, "net") as suspect, pytest.raises(QueryError) as info:
+        suspect.query(images)
+    assert "HTTP 401" in str(info.value) and "missing or bad token" in str(info.value)
+    assert "--token" in str(info.value)
+    assert len(server.seen) == 1  # not retried
+
+    policy = HttpPolicy(token="s3cret", headers=(("X-Trace", "abc"),))
+    with V2Suspect(server.url, "net", policy=policy) as suspect:
+        assert suspect.query(images) == labels_of(images)
+    assert server.seen[-1].headers["authorization"] == "Bearer s3cret"
+    assert server.seen[-1].headers["x-trace"] == "abc"
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"), [(400, "HTTP 400"), (404, "model name"), (413, "--batch-size")]
+)
+def test_client_errors_are_not_retried(
+    server: FakeServer, fake_time: FakeTime, status: int, hint: str
+) -> None:
+    server.respond = lambda seen: reply({"error": "nope"}, status)
+    suspect = V2Suspect(server.url, "net", sleep=fake_time.sleep)
+    with suspect, pytest.raises(QueryError, match=hint):
+        suspect.query(make_images(2))
+    assert suspect.requests_sent == 1 and fake_time.sleeps == []
+
+
+def test_slow_server_times_out(server: FakeServer) -> None:
+    def slow(seen: Seen) -> Reply:
+        server.release.wait(1.0)  # set at teardown, so the fixture does not wait for it
+        return reply({"outputs": []})
+
+    server.respond = slow
+    policy = HttpPolicy(timeout=0.2, retries=0)
+    with V2Suspect(server.url, "net", policy=policy) as suspect, pytest.raises(QueryError) as info:
+        suspect.query(make_images(2))
+    assert str(info.value) == (
+        f"POST {server.url}/v2/models/net/infer timed out: no answer within 0.2 s; "
+        "raise --timeout if the server is slow"
+    )
+
+
+def test_server_down(fake_time: FakeTime) -> None:
+    with socket.socket() as probe:  # a port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    policy = no_wait(retries=1)
+    suspect = V2Suspect(f"http://127.0.0.1:{port}", "net", policy=policy, sleep=fake_time.sleep)
+    with suspect, pytest.raises(QueryError) as info:
+        suspect.query(make_images(2))
+    message = str(info.value)
+    assert message.startswith(f"cannot connect to http://127.0.0.1:{port} (")
+    assert "after 1 retry" in message and "is the server running?" in message
+    assert "\n" not in message
+    assert suspect.requests_sent == 2
+
+
+def test_rate_limit_spaces_requests(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = v2_model("label")
+    starts: list[float] = []
+    model = v2_model("label")
+
+    def respond(seen: Seen) -> Reply:
+        starts.append(fake_time.now)
+        return model(seen)
+
+    server.respond = respond
+    policy = HttpPolicy(rate_limit=4.0)
+    suspect = V2Suspect(
+        server.url, "net", policy=policy, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    with suspect:
+        for _ in range(3):
+            suspect.query(make_images(1))
+        fake_time.now += 0.1  # time that passes on its own counts towards the spacing
+        suspect.query(make_images(1))
+        fake_time.now += 1.0
+        suspect.query(make_images(1))
+    assert fake_time.sleeps == pytest.approx([0.25, 0.25, 0.15])
+    gaps = np.diff(starts)
+    assert all(gap >= 0.25 - 1e-9 for gap in gaps)
+
+
+def test_rate_limit_applies_to_retries(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = scripted(reply({"error": "x"}, 500), then=v2_model("label"))
+    policy = HttpPolicy(rate_limit=0.5, backoff=0.5)  # at most one request per 2 s
+    suspect = V2Suspect(
+        server.url, "net", policy=policy, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    with suspect:
+        suspect.query(make_images(1))
+    backoff, pace = fake_time.sleeps
+    assert backoff + pace == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: metadata and input shape
+
+
+def test_metadata_and_input_shape(server: FakeServer) -> None:
+    server.respond = v2_model("label")
+    with V2Suspect(server.url, "net") as suspect:
+        assert suspect.metadata()["name"] == "net"
+        suspect.check_input_shape((1, 28, 28))
+        with pytest.raises(ConfigError) as info:
+            suspect.check_input_shape((3, 32, 32))
+        assert "[-1, 1, 28, 28]" in str(info.value) and "3×32×32" in str(info.value)
+        assert suspect.requests_sent == 1  # metadata is fetched once
+
+
+@pytest.mark.parametrize(
+    ("declared", "error"),
+    [
+        ({"name": "images", "datatype": "UINT8", "shape": [-1, 3, -1, -1]}, None),
+        ({"name": "images", "datatype": "UINT8", "shape": [3, 32, 32]}, None),
+        ({"name": "INPUT__0", "datatype": "UINT8", "shape": [-1, 3, 32, 32]}, "INPUT__0"),
+        ({"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}, "FP32"),
+        ({"name": "images", "datatype": "UINT8", "shape": [-1, 1, 32, 32]}, "of shape"),
+    ],
+)
+def test_check_input_shape_variants(
+    server: FakeServer, declared: dict[str, Any], error: str | None
+) -> None:
+    server.respond = lambda seen: reply({**METADATA, "inputs": [declared]})
+    with V2Suspect(server.url, "net") as suspect:
+        if error is None:
+            suspect.check_input_shape((3, 32, 32))
+        else:
+            with pytest.raises(ConfigError, match=error):
+                suspect.check_input_shape((3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("url", "model", "message"),
+    [
+        ("127.0.0.1:8000", "net", "http://"),
+        ("ftp://host/v2/models/net", None, "http://"),
+        ("http://host:8000", None, "--model NAME"),
+        ("http://host:8000/v2/models/net", "other", "names model 'net'"),
+        ("http://host:8000/v2/models/net?x=1", None, "query"),
+    ],
+)
+def test_v2_bad_urls(url: str, model: str | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        V2Suspect(url, model)
+
+
+def test_v2_versioned_url_and_prefix() -> None:
+    suspect = V2Suspect("https://host/api/v2/models/my%20net/versions/2/infer")
+    assert suspect.address == "https://host/api/v2/models/my%20net/versions/2/infer"
+    assert suspect.model == "my net"
+    suspect.close()
+
+
+def test_bad_images_are_a_config_error(server: FakeServer) -> None:
+    with V2Suspect(server.url, "net") as suspect:
+        with pytest.raises(ConfigError, match="uint8"):
+            suspect.query(torch.zeros(2, 1, 4, 4))
+        assert suspect.query(torch.zeros(0, 1, 4, 4, dtype=torch.uint8)) == []
+    assert server.seen == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"retries": -1}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"backoff": -0.1}, "backoff"),
+        ({"rate_limit": 0.0}, "rate_limit"),
+        ({"token": "Bearer abc"}, "token"),
+        ({"token": ""}, "token"),
+        ({"headers": (("Bad Name", "x"),)}, "header name"),
+        ({"headers": (("X-A", "a\r\nInjected: 1"),)}, "one-line"),
+    ],
+)
+def test_http_policy_validation(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        HttpPolicy(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# the verifier sees what the client returns
+
+
+def test_verify_ownership_through_v2(server: FakeServer) -> None:
+    images = make_images(40)
+    labels = torch.tensor(labels_of(images), dtype=torch.int64)
+    key = KeySet(images, labels, images.clone(), "content", {}, "test", 10, 0)
+    server.respond = v2_model("label")
+    with V2Suspect(server.url, "net") as suspect:
+        result = verify_ownership(key, suspect, seed=0)
+    assert result.verdict is Verdict.OWNED and result.errors == 0
+
+    server.respond = lambda seen: reply({"error": "down"}, 500)
+    with V2Suspect(server.url, "net", policy=no_wait(retries=0)) as suspect:
+        result = verify_ownership(key, suspect, seed=0)
+    assert result.verdict is not Verdict.OWNED and result.matches == 0 and result.errors > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# templates
+
+
+def custom_api(encoding: str, state: FakeServer) -> Callable[[Seen], Reply]:
+    """A non-v2 JSON API: {"instances": ...} in, {"predictions": [{"label": ...}]} out."""
+
+    def respond(seen: Seen) -> Reply:
+        if seen.headers.get("x-api-key") != "k":
+            return reply({"detail": "bad api key"}, 403)
+        instances = seen.json()["payload"]["instances"]
+        shape = seen.json()["payload"]["shape"]
+        if encoding == "nested":
+            pixels = np.array(instances, dtype=np.uint8)
+        elif encoding == "flat":
+            pixels = np.array(instances, dtype=np.uint8).reshape(shape)
+        else:
+            decoded = [np.array(Image.open(io.BytesIO(base64.b64decode(s)))) for s in instances]
+            pixels = np.stack([d[None] if d.ndim == 2 else d.transpose(2, 0, 1) for d in decoded])
+        state.decoded.append(pixels)
+        return reply({"predictions": [{"label": label} for label in labels_of(pixels)]})
+
+    return respond
+
+
+@pytest.mark.parametrize("encoding", ["nested", "flat", "png_base64"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_template_encodings(server: FakeServer, encoding: str, channels: int) -> None:
+    server.respond = custom_api(encoding, server)
+    images = make_images(5, (channels, 6, 7))
+    template = {
+        "url": f"{server.url}/predict",
+        "headers": {"X-Api-Key": "k"},
+        "encoding": encoding,
+        "body": {"payload": {"instances": "$images", "shape": list(images.shape)}},
+        "answers": "predictions.*.label",
+    }
+    with TemplateSuspect(template) as suspect:
+        assert suspect.query(images) == labels_of(images)
+        assert suspect.protocol == "template" and suspect.address == f"{server.url}/predict"
+    np.testing.assert_array_equal(server.decoded[0], images.numpy())
+    assert server.seen[0].method == "POST" and server.seen[0].path == "/predict"
+
+
+def test_template_file_with_url_from_open_suspect(server: FakeServer, tmp_path: Path) -> None:
+    def respond(seen: Seen) -> Reply:
+        pixels = np.array(seen.json()["x"], dtype=np.int64)
+        scores = one_hot_rows(labels_of(pixels))
+        return reply({"outputs": [{"data": scores}]})
+
+    server.respond = respond
+    path = tmp_path / "api.json"
+    path.write_text(
+        json.dumps({"method": "PUT", "body": {"x": "$images"}, "answers": "outputs.0.data"})
+    )
+    images = make_images(4)
+    suspect = open_suspect(f"{server.url}/score", "template", template=str(path))
+    assert isinstance(suspect, TemplateSuspect)
+    with suspect:
+        assert suspect.query(images) == labels_of(images)  # rows of scores, argmax'd
+    assert server.seen[0].method == "PUT"
+
+
+def test_template_shares_retries_and_auth(server: FakeServer, fake_time: FakeTime) -> None:
+    server.respond = scripted(
+        reply({"error": "busy"}, 503, **{"Retry-After": "1"}),
+        then=lambda seen: reply({"labels": [1, 2]}),
+    )
+    policy = HttpPolicy(token="t0k")
+    template = {"url": f"{server.url}/p", "answers": "labels"}
+    suspect = TemplateSuspect(template, policy=policy, sleep=fake_time.sleep, clock=fake_time.clock)
+    with suspect:
+        assert suspect.query(make_images(2)) == [1, 2]
+    assert fake_time.sleeps == [1.0] and suspect.retries_done == 1
+    assert all(seen.headers["authorization"] == "Bearer t0k" for seen in server.seen)
+    assert server.seen[0].json() == {"instances": make_images(2).tolist()}  # default body
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"predictions": [{"label": 1}]}, "expected 2 answers, got 1"),
+        ({"predictions": [{"label": 1}, {"class": 2}]}, "no 'predictions.1.label'"),
+        ({"predictions": {"label": 1}}, "is not a list"),
+        ({"predictions": [{"label": "cat"}, {"label": 1}]}, "answer 0 is 'cat'"),
+        ({"predictions": [{"label": [0.5]}, {"label": 1}]}, "2 or more scores"),
+        ({"predictions": [{"label": True}, {"label": 1}]}, "not an integer label"),
+    ],
+)
+def test_template_invalid_answers(server: FakeServer, answer: object, message: str) -> None:
+    server.respond = lambda seen: reply(answer)
+    template = {"url": f"{server.url}/p", "answers": "predictions.*.label"}
+    with TemplateSuspect(template) as suspect, pytest.raises(QueryError, match=message):
+        suspect.query(make_images(2))
+
+
+@pytest.mark.parametrize(
+    ("template", "field_name"),
+    [
+        ({"body": {"x": "$images"}}, "url"),
+        ({"url": "localhost/p"}, "url"),
+        ({"url": "http://h/p", "method": "DELETE"}, "method"),
+        ({"url": "http://h/p", "headers": {"X": 1}}, "headers"),
+        ({"url": "http://h/p", "headers": {"X": "a\nb"}}, "headers"),
+        ({"url": "http://h/p", "encoding": "jpeg"}, "encoding"),
+        ({"url": "http://h/p", "body": {"x": 1}}, "body"),
+        ({"url": "http://h/p", "body": {"$images": 1}}, "body"),
+        ({"url": "http://h/p", "body": {"x": float("nan"), "y": "$images"}}, "body"),
+        ({"url": "http://h/p", "answers": 3}, "answers"),
+        ({"url": "http://h/p", "answers": "a..b"}, "answers"),
+        ({"url": "http://h/p", "answer": "labels"}, "answer"),
+    ],
+)
+def test_bad_templates_name_the_field(template: dict[str, Any], field_name: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{field_name}'"):
+        TemplateSuspect(template)
+
+
+def test_bad_template_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        TemplateSuspect(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"url": ')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TemplateSuspect(broken)
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        TemplateSuspect(listed)
+
+
+def test_png_needs_1_3_or_4_channels(server: FakeServer) -> None:
+    template = {"url": f"{server.url}/p", "encoding": "png_base64"}
+    with TemplateSuspect(template) as suspect, pytest.raises(ConfigError, match="channels"):
+        suspect.query(make_images(1, (2, 4, 4)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Python adapters
+
+ADAPTER_SOURCE = textwrap.dedent(
+    """
+    import numpy as np
+
+    calls = []
+
+    def predict(images):
+        calls.append(images.shape)
+        assert images.dtype == np.uint8
+        return [int(v) % 10 for v in images.reshape(len(images), -1).sum(axis=1)]
+
+    def scores(images):
+        labels = predict(images)
+        return np.eye(10)[labels]  # one-hot rows: an array of scores
+
+    class Remote:
+        def query(self, images):
+            return predict(images)
+
+    def make_remote():
+        return Remote()
+
+    remote = Remote()
+    not_callable = 42
+
+    def make_nothing():
+        return 42
+
+    class NeedsArgs:
+        def __init__(self, url):
+            self.url = url
+    """
+)
+
+
+@pytest.fixture
+def adapter_file(tmp_path: Path) -> Path:
+    path = tmp_path / "my_adapter.py"
+    path.write_text(ADAPTER_SOURCE)
+    return path
+
+
+@pytest.mark.parametrize("attr", ["predict", "scores", "Remote", "make_remote", "remote"])
+def test_python_adapter_from_a_file(adapter_file: Path, attr: str) -> None:
+    images = make_images(6, (3, 5, 5))
+    suspect = open_suspect(f"{adapter_file}:{attr}", "python")
+    assert isinstance(suspect, CallableSuspect)
+    assert suspect.protocol == "python" and suspect.address == f"python:{adapter_file}:{attr}"
+    assert suspect.query(images) == labels_of(images)
+    assert (suspect.requests_sent, suspect.images_sent) == (1, 6)
+
+
+def test_python_adapter_from_a_module(adapter_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(adapter_file.parent))
+    fn = load_adapter("my_adapter:predict")
+    images = make_images(3)
+    assert CallableSuspect(fn).query(images) == labels_of(images)
+
+
+def test_python_adapter_answers_are_validated() -> None:
+    with pytest.raises(QueryError, match="expected 2 answers, got 1"):
+        CallableSuspect(lambda images: [1]).query(make_images(2))
+    with pytest.raises(QueryError, match="NaN"):
+        CallableSuspect(lambda images: [[0.1, float("nan")], [1.0, 0.0]]).query(make_images(2))
+    assert CallableSuspect(lambda images: np.array([3, 4])).query(make_images(2)) == [3, 4]
+    with pytest.raises(RuntimeError, match="boom"):  # the verifier records it as an error
+        CallableSuspect(lambda images: (_ for _ in ()).throw(RuntimeError("boom"))).query(
+            make_images(1)
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon_here", "must be 'package.module:attr'"),
+        ("{dir}/missing.py:predict", "does not exist"),
+        ("ownmark_no_such_module_xyz:predict", "cannot import adapter module"),
+        ("{file}:nothing", "no attribute 'nothing'"),
+        ("{file}:not_callable", "not a callable"),
+        ("{file}:NeedsArgs", "without arguments"),
+        ("{file}:make_nothing", "returned a int"),
+        ("{dir}/broken.py:predict", "failed to load: SyntaxError"),
+        ("json:", "must be 'package.module:attr'"),
+    ],
+)
+def test_load_adapter_errors(adapter_file: Path, spec: str, message: str) -> None:
+    (adapter_file.parent / "broken.py").write_text("def predict(:\n")
+    spec = spec.format(dir=adapter_file.parent, file=adapter_file)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_adapter(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_open_suspect_registry(server: FakeServer) -> None:
+    with pytest.raises(ConfigError, match="choose one of v2, template, python"):
+        open_suspect(server.url, "grpc")
+    with pytest.raises(ConfigError, match="--template FILE"):
+        open_suspect(server.url, "template")
+    with pytest.raises(ConfigError, match="only to the v2 protocol"):
+        open_suspect("x.py:f", "python", model="net")
+    server.respond = v2_model("topk")
+    suspect = open_suspect(server.url, model="net", answer="topk", policy=HttpPolicy(retries=0))
+    assert isinstance(suspect, V2Suspect) and isinstance(suspect, Suspect)
+    images = make_images(2)
+    assert suspect.query(images) == labels_of(images)
+    suspect.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzzing the parsers: a list of the right length or a QueryError, never anything else
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+NAMES = st.sampled_from(
+    ["label", "labels", "topk_labels", "topk_scores", "probabilities", "logits", "OUT"]
+)
+DATATYPES = st.sampled_from(["INT64", "INT32", "FP32", "FP16", "BYTES", "BOOL", "int64", "fp32"])
+SCALARS = (
+    st.integers(-3, 12)
+    | st.floats(allow_nan=True)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=2)
+)
+OUTPUT = st.fixed_dictionaries(
+    {
+        "name": NAMES | st.integers(),
+        "datatype": DATATYPES,
+        "shape": st.lists(st.integers(-1, 4), max_size=3),
+        "data": st.lists(SCALARS | st.lists(SCALARS, max_size=4), max_size=12),
+    }
+)
+ANSWER = st.fixed_dictionaries(
+    {"outputs": st.lists(OUTPUT, max_size=3)}, optional={"id": JSON, "error": JSON}
+)
+
+
+def _check_answers(answers: list[int], count: int) -> None:
+    assert len(answers) == count
+    assert all(type(a) is int for a in answers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=JSON | ANSWER,
+    count=st.integers(0, 4),
+    answer=st.sampled_from(["auto", "label", "topk", "probabilities"]),
+)
+def test_fuzz_v2_parser(payload: object, count: int, answer: str) -> None:
+    try:
+        answers = parse_v2_response(payload, count, answer, request_id="r1")
+    except QueryError as exc:
+        assert "\n" not in str(exc)
+        return
+    _check_answers(answers, count)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=JSON | st.lists(SCALARS | st.lists(SCALARS, max_size=4), max_size=4),
+    count=st.integers(0, 4),
+)
+def test_fuzz_free_form_answers(payload: object, count: int) -> None:
+    try:
+        answers = normalize_answers(payload, count)
+    except QueryError as exc:
+        assert "\n" not in str(exc)
+        return
+    _check_answers(answers, count)
+
+
+def test_errors_are_ownmark_errors() -> None:
+    assert issubclass(QueryError, OwnmarkError)
