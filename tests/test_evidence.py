@@ -66,7 +66,7 @@ def test_untouched_evidence_checks_out(evidence: Path, key: KeySet) -> None:
     assert check.verdict == "owned" == doc["result"]["verdict"]
     assert check.p_value == doc["result"]["p_value"]
     assert doc["key"]["commitment"] == key.commitment
-    assert doc["suspect"] == {"address": Answers.address, "protocol": "v2"}
+    assert doc["suspect"] == {"address": Answers.address, "protocol": "v2", "transport": {}}
     assert {q["role"] for q in doc["queries"]} == {"key", "decoy"}
     assert all(q["sent"] <= q["received"] for q in doc["queries"])
     assert not list(evidence.parent.glob(".*tmp"))
@@ -135,6 +135,32 @@ def test_consistent_looking_forgeries_fail_the_recomputation(
     _resealed(evidence, change)
     check = check_evidence(evidence, key)
     assert any(message in p for p in check.problems), check.problems
+
+
+def test_a_subset_of_the_queries_is_caught(evidence: Path, key: KeySet) -> None:
+    """Dropping an unfavourable key query and re-sealing breaks the seeded order."""
+
+    def drop_first_key_query(doc: dict[str, Any]) -> None:
+        first = next(i for i, q in enumerate(doc["queries"]) if q["role"] == "key")
+        doc["queries"].pop(first)
+        doc["result"]["queries"] -= 1
+        doc["result"]["matches"] -= 1
+
+    _resealed(evidence, drop_first_key_query)
+    problems = check_evidence(evidence, key).problems
+    assert any("seeded order" in p for p in problems), problems
+
+
+def test_hostile_error_text_still_writes_evidence(key: KeySet, tmp_path: Path) -> None:
+    class Hostile(Answers):
+        def query(self, images: torch.Tensor) -> Sequence[object]:
+            raise RuntimeError("bad \ud800 bytes | and pipes")
+
+    result = verify_ownership(key, Hostile(0), max_errors=0, seed=0)
+    path, _ = write_evidence(result, key, tmp_path / "h.json")
+    assert check_evidence(path, key).valid and result.verdict is Verdict.INCONCLUSIVE
+    with pytest.raises(EvidenceError, match=r"\*\.json"):
+        write_evidence(result, key, tmp_path / "h.md")
 
 
 def test_other_key_is_rejected(evidence: Path, digits: DataSplits) -> None:

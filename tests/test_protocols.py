@@ -521,7 +521,7 @@ def test_401_asks_for_a_token_and_the_token_is_sent(server: FakeServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "hint"), [(400, "HTTP 400"), (404, "model name"), (413, "--batch-size")]
+    ("status", "hint"), [(400, "HTTP 400"), (404, "model name"), (413, "--batch")]
 )
 def test_client_errors_are_not_retried(
     server: FakeServer, fake_time: FakeTime, status: int, hint: str
@@ -643,7 +643,7 @@ def test_check_input_shape_variants(
     [
         ("127.0.0.1:8000", "net", "http://"),
         ("ftp://host/v2/models/net", None, "http://"),
-        ("http://host:8000", None, "--model NAME"),
+        ("http://host:8000", None, "--model-name NAME"),
         ("http://host:8000/v2/models/net", "other", "names model 'net'"),
         ("http://host:8000/v2/models/net?x=1", None, "query"),
     ],

@@ -34,7 +34,6 @@ from ownmark.verify.evidence import check_evidence, load_evidence
 from ownmark.workflows import train_model
 
 
-
 @pytest.fixture(scope="module")
 def world(small_digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A noise key, a model with it embedded and an independent clean model, on disk."""

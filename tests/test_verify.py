@@ -200,7 +200,8 @@ def test_verifier_never_owned_on_errors(key: KeySet) -> None:
     # p0 0.05: after 15 failures "owned" is still within reach, so only the error limit stops.
     failing = verify_ownership(key, FixedAnswers(0, fail=True), max_batch=5, p0=0.05, seed=0)
     assert failing.verdict is Verdict.INCONCLUSIVE and failing.stop_reason == "errors"
-    assert failing.matches == 0 and failing.errors == failing.queries == 15
+    # Planning counts failures as potential matches, so after 5 failures it asks one at a time.
+    assert failing.matches == 0 and failing.errors == failing.queries == 11
     for bad in ["0", 10, -1, 0.5, None, True, float("nan"), [0]]:
         result = verify_ownership(key, FixedAnswers(bad), seed=0)
         assert result.verdict is Verdict.INCONCLUSIVE, bad
@@ -265,10 +266,12 @@ def test_verifier_requests_no_larger_than_needed(key: KeySet) -> None:
 
 
 def test_verifier_dismisses_a_suspect_that_clearly_lacks_the_watermark(key: KeySet) -> None:
-    quick = verify_ownership(key, FixedAnswers(3), p0=0.05, max_batch=1, seed=0)
+    quick = verify_ownership(
+        key, FixedAnswers(3), p0=0.05, max_batch=1, min_watermark_rate=0.5, seed=0
+    )
     # P[Bin(n, 0.5) <= 0] = 0.5**n < 1e-3 from n = 10 on.
     assert quick.verdict is Verdict.NOT_OWNED and quick.queries == 10
-    patient = verify_ownership(
-        key, FixedAnswers(3), p0=0.05, max_batch=1, min_watermark_rate=None, seed=0
-    )
+    assert quick.stop_reason == "dismissed"
+    patient = verify_ownership(key, FixedAnswers(3), p0=0.05, max_batch=1, seed=0)
     assert patient.verdict is Verdict.NOT_OWNED and patient.queries > quick.queries
+    assert patient.stop_reason == "futile"

@@ -10,16 +10,19 @@ than chance. So p0 is measured, as ``../shared/DESIGN.md`` asks:
    match an innocent model.
 2. Bound the false-match rate of a *new* independent model on the samples that survive. The
    screening used every reference, so their own match rate on the kept samples is 0 by
-   construction and says nothing. We estimate it leave-one-out instead: for each reference
+   construction and says nothing. We measure it leave-one-out instead: for each reference
    ``r``, screen with the other ``R-1`` references only and count ``r``'s matches on what
-   survives. Summed over ``r`` this gives ``matches`` out of ``trials`` fresh trials on sets
-   screened by one model fewer than the real key, which errs on the high (safe) side.
-3. Store the one-sided Clopper–Pearson upper bound at ``confidence`` (default 0.999) as the
-   key's p0.
+   survives (a set screened by one model fewer than the real key: errs on the safe side).
+3. Bound each reference's leave-one-out rate by its one-sided Clopper–Pearson upper bound at
+   ``confidence`` (default 0.999) and store the **largest** as the key's p0.
 
-Assumption, stated plainly: trials are pooled as if independent. A real suspect's errors on
-related key images are correlated; the bound is only as good as the references are
-representative of innocent models, which is why they must differ in seed and architecture.
+Why per model and the maximum, rather than pooling all references' trials: one model's
+matches are correlated (the same quirk fires on similar images), and innocent models differ
+from each other, so pooled trials would overstate how much is known. The maximum treats each
+reference as one draw of "an innocent model". The guarantee remains conditional: the
+verdict's false-claim rate is at most alpha only for suspects whose match rate is at most
+p0 (plus the ``1 - confidence`` chance that the bound itself is too low), which is why the
+references must differ in seed and architecture, and should resemble plausible suspects.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ReferenceResult:
     matches_on_key: int
     loo_trials: int
     loo_matches: int
+    upper_bound: float
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,10 @@ class CalibrationReport:
 
     @property
     def method(self) -> str:
-        return "leave-one-out Clopper-Pearson upper bound on clean reference models"
+        return (
+            "largest per-reference leave-one-out Clopper-Pearson upper bound on clean "
+            "reference models"
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, **asdict(self)}
@@ -146,13 +153,15 @@ def calibrate_key(
     for r, (name, arch) in enumerate(zip(names, archs, strict=True)):
         others = torch.cat([hits[:r], hits[r + 1 :]])
         screened = ~others.any(dim=0)
+        trials, matches = int(screened.sum()), int((hits[r] & screened).sum())
         results.append(
             ReferenceResult(
                 name=name,
                 arch=arch,
                 matches_on_key=int(hits[r].sum()),
-                loo_trials=int(screened.sum()),
-                loo_matches=int((hits[r] & screened).sum()),
+                loo_trials=trials,
+                loo_matches=matches,
+                upper_bound=clopper_pearson_upper(matches, trials, confidence) if trials else 1.0,
             )
         )
     kept = int(keep.sum())
@@ -164,7 +173,7 @@ def calibrate_key(
         )
     trials = sum(r.loo_trials for r in results)
     matches = sum(r.loo_matches for r in results)
-    p0 = clopper_pearson_upper(matches, trials, confidence)
+    p0 = max(r.upper_bound for r in results)
     report = CalibrationReport(
         p0=p0,
         confidence=confidence,

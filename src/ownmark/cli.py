@@ -97,10 +97,18 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decoy-data",
         metavar="NAME",
-        help="data set to draw decoys from (default: the key's clean originals)",
+        help="data set whose test images are the decoys (default: built-in digits for 28x28 "
+        "grey keys)",
     )
     parser.add_argument("--decoy-path", metavar="PATH", help="where --decoy-data's files are")
     parser.add_argument("--max-errors", type=int, default=10, help="failed queries tolerated")
+    parser.add_argument(
+        "--dismiss-below",
+        type=float,
+        metavar="RATE",
+        help="stop early with 'not owned' once a match rate of RATE is implausible (e.g. 0.5); "
+        "saves queries on innocent models but can dismiss a heavily attacked watermark",
+    )
     parser.add_argument("--seed", type=int, help="query order seed (default: random, recorded)")
     parser.add_argument(
         "--evidence",
@@ -117,6 +125,9 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
         "--protocol", default="v2", help="v2 (Open Inference Protocol, default), template, python"
     )
     parser.add_argument("--model-name", help="v2 model name (if --url does not include it)")
+    parser.add_argument(
+        "--input-name", default="images", help="v2 image input name (Triton: e.g. INPUT__0)"
+    )
     parser.add_argument("--template", type=Path, help="request/response template (JSON)")
     parser.add_argument(
         "--answer",
@@ -380,8 +391,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _calibrate(args: argparse.Namespace, key: Any) -> Any:
-    """Calibrate ``key`` on the --reference models and print what calibration found."""
+def _calibrate(args: argparse.Namespace, key: Any) -> tuple[Any, str]:
+    """Calibrate ``key`` on the --reference models: the new key and a line describing it."""
     from ownmark.calibrate import calibrate_key
     from ownmark.models import load_model
 
@@ -389,13 +400,12 @@ def _calibrate(args: argparse.Namespace, key: Any) -> Any:
     calibrated, report = calibrate_key(
         key, references, names=[path.stem for path in args.reference], confidence=args.confidence
     )
-    print(
+    return calibrated, (
         f"calibrated on {len(references)} clean reference models "
         f"({', '.join(report.architectures)}): dropped {report.dropped} key samples they map to "
         f"the key label; {report.matches} false matches in {report.trials} leave-one-out trials "
         f"-> p0 <= {report.p0:.4g} at {report.confidence:g} confidence"
     )
-    return calibrated
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -410,13 +420,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     scheme = create_scheme(args.scheme, **params)
     data = _load_data(args)
     key = scheme.generate(data, seed=args.seed, dataset=args.data)
-    if args.reference:
-        key = _calibrate(args, key)
-    else:
-        print(
-            f"p0 not calibrated: assuming {key.p0:g}, which costs many more queries; "
-            "pass --reference with clean models of 2 architectures to calibrate"
-        )
+    calibration = _calibrate(args, key) if args.reference else None
+    if calibration is not None:
+        key, report = calibration
     commitment = save_key(key, args.out)
     if args.preview is not None:
         save_preview(key, args.preview)
@@ -424,16 +430,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"commitment {commitment}")
     if args.preview is not None:
         print(f"preview {args.preview}")
+    if calibration is not None:
+        print(report)
+    else:
+        print(
+            f"p0 not calibrated: assuming {key.p0:g}, which costs many more queries; "
+            "pass --reference with clean models of 2 architectures to calibrate"
+        )
     return EXIT_OK
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ownmark.keys import load_key, save_key
 
-    key = _calibrate(args, load_key(args.key))
+    key, report = _calibrate(args, load_key(args.key))
     commitment = save_key(key, args.out)
     print(f"wrote {args.out}: {len(key)} key samples, p0 {key.p0:.4g}")
     print(f"commitment {commitment}")
+    print(report)
     return EXIT_OK
 
 
@@ -503,37 +517,75 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
         policy=policy,
         answer=args.answer,
         template=str(args.template) if args.template is not None else None,
+        input_name=args.input_name,
     )
-    if hasattr(suspect, "check_input_shape"):
-        # One metadata request up front beats spending the budget on images it cannot take.
-        suspect.check_input_shape(key.image_shape)
+    try:
+        if hasattr(suspect, "check_input_shape"):
+            # One metadata request up front beats spending the budget on images it can't take.
+            suspect.check_input_shape(key.image_shape)
+    except BaseException:
+        close = getattr(suspect, "close", None)
+        if callable(close):
+            close()
+        raise
     return suspect
 
 
 def _decoys(args: argparse.Namespace, key: Any) -> Any:
+    """Decoy images: --decoy-data's test split, or the built-in digits for 1x28x28 keys.
+
+    Not the key's own clean originals: next to their stamped twins they would give the key
+    images away.
+    """
     if args.decoys <= 0:
         return None
-    if args.decoy_data is None:
-        return key.originals
     from ownmark.data import load_dataset
 
-    return load_dataset(args.decoy_data, args.decoy_path).test.images
+    if args.decoy_data is not None:
+        return load_dataset(args.decoy_data, args.decoy_path).test.images
+    if key.image_shape == (1, 28, 28):
+        return load_dataset("digits").test.images
+    raise ConfigError(
+        f"--decoys needs ordinary {key.image_shape} images: pass --decoy-data NAME "
+        "(and --decoy-path) for the key's data set"
+    )
 
 
 def _p0_origin(key: Any, override: float | None) -> str:
+    import json
+
     if override is not None:
         return "given with --p0"
-    return "calibrated" if key.p0_source.startswith("{") else key.p0_source
+    try:
+        source = json.loads(key.p0_source)
+        return f"calibrated on {len(source['references'])} clean reference models"
+    except (ValueError, KeyError, TypeError):
+        return str(key.p0_source)
+
+
+def _evidence_path(args: argparse.Namespace) -> Path:
+    """--evidence, or a fresh name under ownmark-evidence/ that no other run can take."""
+    import secrets
+    from datetime import datetime, timezone
+
+    if args.evidence is not None:
+        path: Path = args.evidence
+        if path.suffix == ".md":
+            raise ConfigError(f"name the evidence file *.json, not {path.name}")
+        return path
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return Path("ownmark-evidence") / f"verify-{stamp}-{secrets.token_hex(3)}.json"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
     from ownmark.fileio import write_json_atomic
     from ownmark.keys import load_key
     from ownmark.verify import Verdict, VerifyConfig, verify_ownership
-    from ownmark.verify.evidence import write_evidence
+    from ownmark.verify.evidence import load_signing_key, write_evidence
+    from ownmark.verify.verifier import plan_test
 
+    if args.fixed and args.dismiss_below is not None:
+        raise ConfigError("--fixed spends the whole budget; drop --dismiss-below or --fixed")
     key = load_key(args.key)
     config = VerifyConfig(
         alpha=args.alpha,
@@ -543,14 +595,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         max_batch=args.batch,
         decoy_ratio=args.decoys,
         max_errors=args.max_errors,
+        min_watermark_rate=args.dismiss_below,
         seed=args.seed,
     )
-    evidence_path = args.evidence or Path("ownmark-evidence") / (
-        f"verify-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    )
+    # Everything that can fail on our side fails before the suspect sees a single query.
+    plan_test(key, config)
+    decoys = _decoys(args, key)
+    if args.sign_key is not None:
+        load_signing_key(args.sign_key)
+    evidence_path = _evidence_path(args)
     suspect = _suspect(args, key)
     try:
-        result = verify_ownership(key, suspect, config, decoys=_decoys(args, key))
+        result = verify_ownership(key, suspect, config, decoys=decoys)
     finally:
         close = getattr(suspect, "close", None)
         if callable(close):
@@ -560,9 +616,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json_atomic(args.json, result.summary())
     print(f"suspect {result.suspect} ({result.protocol})")
+    sent = result.transport.get("requests_sent")
+    http = f" ({sent} HTTP requests incl. retries and metadata)" if sent is not None else ""
     print(
         f"key queries {result.queries} of budget {result.budget}: {result.matches} matched, "
-        f"{result.errors} failed; {result.decoys} decoys; {result.requests} requests; "
+        f"{result.errors} failed; {result.decoys} decoys; {result.requests} requests{http}; "
         f"stopped: {result.stop_reason}"
     )
     failures = sorted({r.error for r in result.records if r.error is not None})

@@ -43,7 +43,7 @@ class DemoRow:
     watermark_accuracy: float
     matches: int
     queries: int
-    p_value: float
+    adjusted_p_value: float
     verdict: str
     expected: str
     evidence: str
@@ -70,7 +70,8 @@ class DemoSummary:
         for r in self.rows:
             lines.append(
                 f"| {r.model} | {100 * r.test_accuracy:.2f}% | {100 * r.watermark_accuracy:.2f}% "
-                f"| {r.matches}/{r.queries} | {r.p_value:.2e} | {r.verdict} | {r.expected} |"
+                f"| {r.matches}/{r.queries} | {r.adjusted_p_value:.2e} | {r.verdict} "
+                f"| {r.expected} |"
             )
         return "\n".join(lines)
 
@@ -189,7 +190,7 @@ def run_demo(
                 watermark_accuracy=accuracy(model, key.images, key.labels),
                 matches=result.matches,
                 queries=result.queries,
-                p_value=result.adjusted_p_value,
+                adjusted_p_value=result.adjusted_p_value,
                 verdict=result.verdict.value,
                 expected=expected.value,
                 evidence=str(evidence),

@@ -6,6 +6,14 @@ Every message says what is wrong and what to do about it; callers never need a t
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` squeezed onto one short line (CLI errors are one line)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class OwnmarkError(Exception):
     """Base class for every error ownmark raises on bad input."""
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ownmark.errors import ConfigError
+from ownmark.errors import ConfigError, one_line
 
 __all__ = [
     "Classifier",
@@ -93,14 +93,6 @@ def is_factory_name(name: str) -> bool:
     return ":" in name
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` squeezed onto one short line (CLI errors are one line)."""
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _resolve_factory(name: str) -> NetworkFactory:
     """Import ``package.module:factory`` and return the factory (a callable)."""
     if not _FACTORY_RE.match(name):
@@ -112,7 +104,7 @@ def _resolve_factory(name: str) -> NetworkFactory:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any error while running the user's module, not just ImportError
         raise ConfigError(
-            f"cannot import module {module_name!r} for model factory {name!r}: {_one_line(exc)}"
+            f"cannot import module {module_name!r} for model factory {name!r}: {one_line(exc)}"
         ) from exc
     try:
         obj: Any = functools.reduce(getattr, attr_path.split("."), module)
@@ -178,7 +170,7 @@ def create_network(
             network = factory(**kwargs)
         except Exception as exc:  # user code: report in one line, keep the chain for debugging
             args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-            raise ConfigError(f"model factory {name}({args}) failed: {_one_line(exc)}") from exc
+            raise ConfigError(f"model factory {name}({args}) failed: {one_line(exc)}") from exc
         if not isinstance(network, nn.Module):
             raise ConfigError(
                 f"model factory {name!r} returned {type(network).__name__}, "

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ownmark.errors import ConfigError, ModelFileError
+from ownmark.errors import ConfigError, ModelFileError, one_line
 from ownmark.metrics import to_float_images
 from ownmark.models import Classifier, load_model
 
@@ -87,13 +87,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(shifted)
     result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
     return result
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class TorchBackend:
@@ -189,7 +182,7 @@ def _read_onnx_spec(metadata: dict[str, str], path: Path) -> tuple[str, int, int
             raise ValueError(f"bad values {spec!r}")
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(
-            f"{path}: invalid ownmark_spec metadata ({_one_line(exc)}); the file is damaged, "
+            f"{path}: invalid ownmark_spec metadata ({one_line(exc)}); the file is damaged, "
             "export the model again"
         ) from exc
     return arch, num_classes, in_channels, h, w
@@ -226,7 +219,7 @@ class OnnxBackend:
             metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelFileError(
-                f"{file} is not a valid ONNX model ({_one_line(exc)}); export it with "
+                f"{file} is not a valid ONNX model ({one_line(exc)}); export it with "
                 "ownmark.serve.export_onnx (ownmark export --onnx)"
             ) from exc
         self._arch, self._num_classes, c, h, w = _read_onnx_spec(metadata, file)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ownmark import __version__
-from ownmark.errors import ConfigError, ModelFileError
+from ownmark.errors import ConfigError, ModelFileError, one_line
 from ownmark.fileio import atomic_path
 from ownmark.models import Classifier
 from ownmark.serve.backends import ONNX_FORMAT, ONNX_FORMAT_VERSION
@@ -74,13 +74,6 @@ def onnx_metadata(model: Classifier) -> dict[str, str]:
         ),
         "ownmark_version": __version__,
     }
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 240:
-        text = text[:237] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -167,7 +160,7 @@ def _to_proto(wrapper: nn.Module, example: torch.Tensor, opset: int | None, arch
             return _export_torchscript(wrapper, example, opset)
         except Exception:
             raise ModelFileError(
-                f"cannot export the {arch} model to ONNX ({_one_line(first)}); models whose "
+                f"cannot export the {arch} model to ONNX ({one_line(first)}); models whose "
                 "forward depends on tensor values or calls non-torch code cannot be exported"
             ) from first
 
@@ -193,7 +186,7 @@ def _check_against_torch(serialized: bytes, wrapper: nn.Module, model: Classifie
     except Exception as exc:
         raise ModelFileError(
             f"the ONNX export of the {spec.arch} model does not run in onnxruntime "
-            f"({_one_line(exc)}); try another opset"
+            f"({one_line(exc)}); try another opset"
         ) from exc
     if got.shape != expected.shape:
         raise ModelFileError(
@@ -263,7 +256,7 @@ def export_onnx(
             serialized: bytes = proto.SerializeToString()
         except Exception as exc:  # protobuf's 2 GiB limit
             raise ModelFileError(
-                f"cannot serialise the ONNX export of the {spec.arch} model ({_one_line(exc)})"
+                f"cannot serialise the ONNX export of the {spec.arch} model ({one_line(exc)})"
             ) from exc
         wrapper.eval()  # in case an exporter left another mode behind
         with _quiet():
@@ -275,5 +268,5 @@ def export_onnx(
         with atomic_path(target) as tmp:
             tmp.write_bytes(serialized)
     except OSError as exc:
-        raise ModelFileError(f"cannot write {target}: {_one_line(exc)}") from exc
+        raise ModelFileError(f"cannot write {target}: {one_line(exc)}") from exc
     return target

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,15 @@ from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
 from ownmark.verify.stats import BinomialTest, Verdict
-from ownmark.verify.verifier import VerificationResult, image_sha256, key_query_outcome
+from ownmark.verify.verifier import (
+    VerificationResult,
+    VerifyConfig,
+    image_sha256,
+    implausibly_few,
+    key_query_outcome,
+    plan_test,
+    query_order,
+)
 
 EVIDENCE_FORMAT = "ownmark-evidence"
 EVIDENCE_FORMAT_VERSION = "1"
@@ -39,7 +48,8 @@ EVIDENCE_FORMAT_VERSION = "1"
 def _canonical(doc: dict[str, Any]) -> bytes:
     """The bytes the digest and the signature cover: everything but those two fields."""
     body = {k: v for k, v in doc.items() if k not in ("digest", "signature")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes: a hostile server's error text (lone surrogates, ...) still serialises.
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
@@ -59,7 +69,11 @@ def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
             "p0": key.p0,
             "p0_source": key.p0_source,
         },
-        "suspect": {"address": result.suspect, "protocol": result.protocol},
+        "suspect": {
+            "address": result.suspect,
+            "protocol": result.protocol,
+            "transport": result.transport,
+        },
         "test": {
             "method": result.method,
             "p0": result.p0,
@@ -117,9 +131,10 @@ def render_report(doc: dict[str, Any]) -> str:
     for q in doc["queries"]:
         index = "" if q["index"] is None else q["index"]
         error = (q["error"] or "").replace("|", "/")
+        answer = str(q["answer"]).replace("|", "/")
         lines.append(
             f"| {q['request']} | {q['role']} | {index} | `{q['image_sha256'][:16]}…` | "
-            f"{q['answer']} | {'yes' if q['matched'] else 'no'} | {error} |"
+            f"{answer} | {'yes' if q['matched'] else 'no'} | {error} |"
         )
     lines.append("")
     lines.append(
@@ -128,14 +143,22 @@ def render_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_private_key(path: str | os.PathLike[str]) -> Any:
+def _require_cryptography() -> None:
     try:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        import cryptography  # noqa: F401
     except ImportError as exc:
         raise EvidenceError(
-            "signing needs the cryptography package: pip install 'ownmark[sign]'"
+            "signatures need the cryptography package: pip install 'ownmark[sign]'"
         ) from exc
+
+
+def load_signing_key(path: str | os.PathLike[str]) -> Any:
+    """The Ed25519 private key in ``path`` (PEM); load it before querying, so a bad key
+    cannot cost a whole verification."""
+    _require_cryptography()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         private = load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -157,7 +180,7 @@ def _raw_public(public: Any) -> str:
 
 def sign_evidence(doc: dict[str, Any], private_key: str | os.PathLike[str]) -> dict[str, Any]:
     """Add an Ed25519 signature over the canonical document (digest recomputed first)."""
-    private = _load_private_key(private_key)
+    private = load_signing_key(private_key)
     doc = {**doc, "digest": hashlib.sha256(_canonical(doc)).hexdigest()}
     doc["signature"] = {
         "algorithm": "Ed25519",
@@ -169,30 +192,35 @@ def sign_evidence(doc: dict[str, Any], private_key: str | os.PathLike[str]) -> d
 
 def generate_signing_key(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair: ``OUT`` (private, PEM, mode 0600) and ``OUT.pub``."""
-    try:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import (
-            Encoding,
-            NoEncryption,
-            PrivateFormat,
-            PublicFormat,
-        )
-    except ImportError as exc:
-        raise EvidenceError(
-            "signing needs the cryptography package: pip install 'ownmark[sign]'"
-        ) from exc
+    _require_cryptography()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
     private_path = Path(out)
     public_path = private_path.with_name(private_path.name + ".pub")
-    if private_path.exists():
-        raise EvidenceError(f"{private_path} exists; refusing to overwrite a signing key")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise EvidenceError(f"{path} exists; refusing to overwrite a signing key")
     private = Ed25519PrivateKey.generate()
-    with atomic_path(private_path) as tmp:
-        tmp.write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    os.chmod(private_path, 0o600)
-    with atomic_path(public_path) as tmp:
-        tmp.write_bytes(
-            private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-        )
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the file 0600, so the secret is never readable by others, even briefly.
+    fd, tmp = tempfile.mkstemp(prefix=f".{private_path.name}.", dir=private_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        os.replace(tmp, private_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    public = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    with atomic_path(public_path) as tmp_public:
+        tmp_public.write_bytes(public)
     return private_path, public_path
 
 
@@ -207,13 +235,18 @@ def write_evidence(
 
     Returns the two paths. With ``signing_key`` (an Ed25519 PEM private key) the JSON is signed.
     """
+    json_path = Path(path)
+    report_path = json_path.with_suffix(".md")
+    if report_path == json_path:
+        raise EvidenceError(f"name the evidence file *.json, not {json_path.name}")
     doc = build_evidence(result, key)
     if signing_key is not None:
         doc = sign_evidence(doc, signing_key)
-    json_path = Path(path)
-    report_path = json_path.with_suffix(".md")
-    write_text_atomic(json_path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    write_text_atomic(report_path, render_report(doc))
+    text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=True)
+    write_text_atomic(json_path, text + "\n")
+    # A server's error text may hold lone surrogates that UTF-8 cannot store: escape them.
+    report = render_report(doc).encode("utf-8", "backslashreplace").decode("utf-8")
+    write_text_atomic(report_path, report)
     return json_path, report_path
 
 
@@ -245,6 +278,7 @@ class EvidenceCheck:
 
 
 def _public_key_hex(path: str | os.PathLike[str]) -> str:
+    _require_cryptography()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -263,6 +297,7 @@ def _check_signature(doc: dict[str, Any], check: EvidenceCheck, pinned: str | No
         if pinned is not None:
             check.problems.append("the evidence is not signed, but a signer's public key was given")
         return
+    _require_cryptography()
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -296,7 +331,7 @@ def check_evidence(
     _check_signature(doc, check, _public_key_hex(public_key) if public_key else None)
     try:
         _check_content(doc, key, check)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         check.problems.append(f"the evidence is malformed ({type(exc).__name__}: {exc})")
     return check
 
@@ -309,11 +344,22 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         )
         return
     test, res = doc["test"], doc["result"]
+    config = VerifyConfig(**test["config"])
     p0, budget = float(test["p0"]), int(test["budget"])
+    planned = plan_test(key, config)
     if p0 < key.p0:
         check.problems.append(f"p0 {p0:g} is below the key's calibrated bound {key.p0:g}")
-    if budget > len(key):
-        check.problems.append(f"budget {budget} exceeds the key's {len(key)} samples")
+    recorded = (p0, float(test["alpha"]), budget, bool(test["sequential"]))
+    if recorded != (planned.p0, planned.alpha, planned.max_queries, planned.sequential):
+        check.problems.append(
+            f"the test (p0, alpha, budget, sequential) {recorded} is not what its recorded "
+            "config gives"
+        )
+    # The key samples must be queried in the order the recorded seed fixes: a prefix of it.
+    # Publishing only a favourable subset of a run's queries would break the prefix.
+    asked = [int(q["index"]) for q in doc["queries"] if q["role"] == "key"]
+    if asked != query_order(key, int(test["seed"]), budget)[: len(asked)]:
+        check.problems.append("the key queries are not the seeded order (queries left out?)")
     seen: set[int] = set()
     matches = errors = queries = decoys = 0
     for q in doc["queries"]:
@@ -355,7 +401,10 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         max_queries=max(1, budget),
         sequential=bool(test["sequential"]),
     )
-    verdict, p_value = rule.decide(matches, queries, errors)
+    dismissed = res["stop_reason"] == "dismissed"
+    if dismissed and not implausibly_few(matches + errors, queries, config.min_watermark_rate):
+        check.problems.append("stop reason 'dismissed' is not supported by the recorded answers")
+    verdict, p_value = rule.decide(matches, queries, errors, dismissed=dismissed)
     check.verdict, check.p_value = verdict.value, p_value
     if verdict.value != res["verdict"]:
         check.problems.append(f"recorded verdict {res['verdict']!r}, recomputed {verdict.value!r}")

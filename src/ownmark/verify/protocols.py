@@ -347,7 +347,7 @@ class _Transport:
         elif status == 404:
             hint = "check the URL and the model name"
         elif status == 413:
-            hint = "the batch is too large for the server; lower --batch-size"
+            hint = "the batch is too large for the server; lower --batch"
         elif 300 <= status < 400:
             location = response.headers.get("Location")
             hint = (
@@ -804,8 +804,8 @@ class V2Suspect(_HttpSuspect):
                 raise ConfigError(f"the URL names model {name!r} but the model given is {model!r}")
         elif model is None:
             raise ConfigError(
-                f"suspect URL {url!r} does not name a model; give the model name (--model NAME) "
-                "or a URL ending in /v2/models/NAME"
+                f"suspect URL {url!r} does not name a model; give the model name "
+                "(--model-name NAME) or a URL ending in /v2/models/NAME"
             )
         else:
             prefix, name = path, model
@@ -1301,10 +1301,12 @@ def open_suspect(
     answer: str = "auto",
     template: str | None = None,
     seed: int = 0,
+    input_name: str = "images",
 ) -> Suspect:
     """Open a remote suspect by protocol, one of :data:`PROTOCOLS` (default "v2").
 
-    * "v2": ``target`` is the URL (see :class:`V2Suspect`); ``model`` and ``answer`` apply.
+    * "v2": ``target`` is the URL (see :class:`V2Suspect`); ``model``, ``answer`` and
+      ``input_name`` apply.
     * "template": ``target`` is the URL (may be "" when the template has one) and
       ``template`` the template file.
     * "python": ``target`` is the adapter spec (see :func:`load_adapter`).
@@ -1324,7 +1326,9 @@ def open_suspect(
     if protocol != "template" and template is not None:
         raise ConfigError(f"a template applies only to the template protocol, not {protocol}")
     if protocol == "v2":
-        return V2Suspect(target, model, policy=policy, answer=answer, seed=seed)
+        return V2Suspect(
+            target, model, policy=policy, answer=answer, seed=seed, input_name=input_name
+        )
     if protocol == "template":
         if template is None:
             raise ConfigError("the template protocol needs a template file (--template FILE)")

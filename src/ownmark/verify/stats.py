@@ -166,24 +166,37 @@ class BinomialTest:
         remaining = self.max_queries - queries
         if not self.sequential:
             return remaining if self.reached(matches + remaining, self.max_queries) else None
-        for extra in range(1, remaining + 1):
-            if self.reached(matches + extra, queries + extra):
-                return extra
-        return None
+        if remaining < 1 or not self.reached(matches + remaining, self.max_queries):
+            return None
+        # reached(matches + j, queries + j) is monotone in j: binary search for the first.
+        lo, hi = 1, remaining
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.reached(matches + mid, queries + mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
-    def decide(self, matches: int, queries: int, errors: int = 0) -> tuple[Verdict, float]:
+    def decide(
+        self, matches: int, queries: int, errors: int = 0, *, dismissed: bool = False
+    ) -> tuple[Verdict, float]:
         """Final verdict after the last look, and the exact (unadjusted) p-value.
 
         Failed queries are counted in ``queries`` as non-matches, so they can only make
         "owned" harder. If the verdict is not "owned" but would be with the failed queries and
         the unused budget all matching, the missing answers could have changed it: the result
-        is "inconclusive". Otherwise it is "not owned".
+        is "inconclusive". Otherwise it is "not owned". ``dismissed``: the verifier stopped
+        because the answered misses alone (failed queries counted as matches) made a
+        watermark implausible, so the failures could not have changed the outcome.
         """
         p_value = self.p_value(matches, queries)
         if self.reached(matches, queries):
             return Verdict.OWNED, p_value
         if queries == 0:
             return Verdict.INCONCLUSIVE, p_value
+        if dismissed:
+            return Verdict.NOT_OWNED, p_value
         best_case = self.queries_to_owned(matches + errors, queries)
         if errors > 0 and (best_case is not None or self.reached(matches + errors, queries)):
             return Verdict.INCONCLUSIVE, p_value

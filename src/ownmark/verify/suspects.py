@@ -1,9 +1,10 @@
 """How verification talks to a suspect: a black box from images to labels.
 
 Verification never sees weights. A suspect is anything with ``query(images) -> answers``:
-a model in this process (:class:`LocalModelSuspect`), or (next release) an HTTP prediction
-API. Answers are whatever came back; the verifier validates them, so a suspect that returns
-garbage, raises, or times out can never produce a match.
+a model in this process (:class:`LocalModelSuspect`), an HTTP prediction API or a user's
+adapter (:mod:`ownmark.verify.protocols`). Answers are whatever came back; the verifier
+validates them, so a suspect that returns garbage, raises, or times out can never produce a
+match.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Suspect(Protocol):
 
 class LocalModelSuspect:
     """A model in this process, seen only through its top-1 labels."""
+
+    protocol = "local"
 
     def __init__(self, model: nn.Module, address: str = "local model") -> None:
         self._model = model

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import torch
 
 from ownmark.errors import ConfigError
@@ -48,10 +49,11 @@ class VerifyConfig:
         max_batch: most key samples in one request (default 32).
         decoy_ratio: ordinary images sent per key image (default 0: none).
         max_errors: failed key queries tolerated before stopping (default 10).
-        min_watermark_rate: stop early with "not owned" once a match rate this high is
-            implausible, i.e. ``P[Bin(queries, rate) <= matches] < 1e-3`` (default 0.5: a
-            clean model is dismissed after about 10 misses). Stopping to say "not owned"
-            cannot raise the false-claim rate. None spends the budget instead.
+        min_watermark_rate: if set (e.g. 0.5), stop early with "not owned" once a match rate
+            this high is implausible, ``P[Bin(queries, rate) <= matches] < 1e-3``: a clean
+            model is then dismissed after about 10 misses, at the price of also dismissing
+            heavily attacked watermarks that match less often. It cannot raise the
+            false-claim rate. Default None: query until "owned" is reached or out of reach.
         seed: seeds the query order and decoy mixing; None draws a fresh one (recorded).
     """
 
@@ -62,7 +64,7 @@ class VerifyConfig:
     max_batch: int = 32
     decoy_ratio: float = 0.0
     max_errors: int = 10
-    min_watermark_rate: float | None = 0.5
+    min_watermark_rate: float | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -129,6 +131,8 @@ class VerificationResult:
     started: str
     finished: str
     records: list[QueryRecord] = field(default_factory=list)
+    #: what the suspect's client counted (HTTP requests incl. retries and metadata, ...).
+    transport: dict[str, int] = field(default_factory=dict)
 
     @property
     def watermark_accuracy(self) -> float:
@@ -156,6 +160,7 @@ class VerificationResult:
             "key_commitment": self.key_commitment,
             "suspect": self.suspect,
             "protocol": self.protocol,
+            "transport": self.transport,
         }
 
 
@@ -165,7 +170,13 @@ def image_sha256(image: torch.Tensor) -> str:
 
 
 def valid_label(answer: object, num_classes: int) -> int | None:
-    """The answer as a label if it is an integer (or integral float) in range, else None."""
+    """The answer as a label if it is an integer (or integral float) in range, else None.
+
+    numpy scalars and 0-d tensors count as their value (a user's suspect may return argmax
+    output as is).
+    """
+    if isinstance(answer, np.generic) or (isinstance(answer, torch.Tensor) and answer.ndim == 0):
+        answer = answer.item()
     if isinstance(answer, bool) or not isinstance(answer, int | float):
         return None
     if isinstance(answer, float) and not (math.isfinite(answer) and answer.is_integer()):
@@ -188,7 +199,7 @@ def key_query_outcome(
 FUTILITY_LEVEL = 1e-3
 
 
-def _implausibly_few(matches: int, queries: int, rate: float | None) -> bool:
+def implausibly_few(matches: int, queries: int, rate: float | None) -> bool:
     """Whether ``P[Bin(queries, rate) <= matches] < FUTILITY_LEVEL`` (never if rate is None)."""
     if rate is None:
         return False
@@ -199,14 +210,35 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _test_for(key: KeySet, config: VerifyConfig) -> BinomialTest:
-    p0 = key.p0 if config.p0 is None else config.p0
-    return BinomialTest(
-        p0=p0,
-        alpha=config.alpha,
-        max_queries=min(config.max_queries, len(key)),
-        sequential=config.sequential,
-    )
+def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
+    """The test a verification of ``key`` under ``config`` runs; checked before any query.
+
+    Raises:
+        ConfigError: an invalid p0, or a budget that could never reach alpha.
+    """
+    try:
+        test = BinomialTest(
+            p0=key.p0 if config.p0 is None else config.p0,
+            alpha=config.alpha,
+            max_queries=min(config.max_queries, len(key)),
+            sequential=config.sequential,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if test.queries_to_owned(0, 0) is None:
+        raise ConfigError(
+            f"{test.max_queries} key queries can never reach alpha {test.alpha:g} at p0 "
+            f"{test.p0:.4g}; raise the budget (--max-queries), use more key samples, calibrate "
+            "the key on reference models (lower p0), or accept a larger alpha"
+        )
+    return test
+
+
+def query_order(key: KeySet, seed: int, budget: int) -> list[int]:
+    """The key rows a verification with ``seed`` queries, in order (re-checkable from evidence)."""
+    permutation = torch.randperm(len(key), generator=torch.Generator().manual_seed(seed))
+    order: list[int] = permutation[:budget].tolist()
+    return order
 
 
 def verify_ownership(
@@ -233,37 +265,32 @@ def verify_ownership(
     """
     config = VerifyConfig(**{**asdict(config or VerifyConfig()), **overrides})
     seed = config.seed if config.seed is not None else secrets.randbits(32)
-    try:
-        test = _test_for(key, config)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    if test.queries_to_owned(0, 0) is None:
-        raise ConfigError(
-            f"{test.max_queries} key queries can never reach alpha {test.alpha:g} at p0 "
-            f"{test.p0:.4g}; raise the budget (--max-queries), use more key samples, calibrate "
-            "the key on reference models (lower p0), or accept a larger alpha"
-        )
+    test = plan_test(key, config)
     if config.decoy_ratio > 0 and (decoys is None or len(decoys) == 0):
-        raise ConfigError("decoy_ratio > 0 needs decoy images (e.g. --decoys-from a data set)")
+        raise ConfigError("decoy_ratio > 0 needs decoy images (e.g. --decoy-data NAME)")
     if decoys is not None and decoys.shape[1:] != key.images.shape[1:]:
         raise ConfigError(
             f"decoy images are {tuple(decoys.shape[1:])} but key images are {key.image_shape}"
         )
     rng = random.Random(seed)
-    permutation = torch.randperm(len(key), generator=torch.Generator().manual_seed(seed))
-    order: list[int] = permutation[: test.max_queries].tolist()
+    order = query_order(key, seed, test.max_queries)
+    # Decoys are drawn without replacement (a repeated image would stand out).
+    decoy_order = list(range(len(decoys))) if decoys is not None else []
+    rng.shuffle(decoy_order)
     records: list[QueryRecord] = []
     started = _now()
     sent = matches = errors = requests = 0
     stop_reason = "budget"
     while sent < test.max_queries:
-        needed = test.queries_to_owned(matches, sent)
+        # Failed queries might have been matches: keep asking while they could still matter,
+        # so that a flaky API ends "not owned" or "owned" on answered queries where it can.
+        needed = test.queries_to_owned(matches + errors, sent)
         if needed is None:
             stop_reason = "futile"
             break
         size = min(needed if config.sequential else test.max_queries, config.max_batch)
         rows = order[sent : sent + size]
-        records.extend(_one_request(key, suspect, rows, decoys, config, rng, requests))
+        records.extend(_one_request(key, suspect, rows, decoys, decoy_order, config, rng, requests))
         requests += 1
         sent += len(rows)
         key_records = [r for r in records if r.role == "key"]
@@ -278,10 +305,10 @@ def verify_ownership(
             stop_reason = "errors"
             break
         # Failed queries might have been matches: only answered misses count against.
-        if _implausibly_few(matches + errors, sent, config.min_watermark_rate):
-            stop_reason = "futile"
+        if implausibly_few(matches + errors, sent, config.min_watermark_rate):
+            stop_reason = "dismissed"
             break
-    verdict, p_value = test.decide(matches, sent, errors)
+    verdict, p_value = test.decide(matches, sent, errors, dismissed=stop_reason == "dismissed")
     return VerificationResult(
         verdict=verdict,
         p_value=p_value,
@@ -301,6 +328,11 @@ def verify_ownership(
         key_commitment=key.commitment,
         suspect=suspect.address,
         protocol=str(getattr(suspect, "protocol", "python")),
+        transport={
+            name: int(getattr(suspect, name))
+            for name in ("requests_sent", "images_sent", "retries_done")
+            if isinstance(getattr(suspect, name, None), int)
+        },
         started=started,
         finished=_now(),
         records=records,
@@ -312,6 +344,7 @@ def _one_request(
     suspect: Suspect,
     rows: list[int],
     decoys: torch.Tensor | None,
+    decoy_order: list[int],
     config: VerifyConfig,
     rng: random.Random,
     request: int,
@@ -322,8 +355,10 @@ def _one_request(
     n_decoys = int(expected) + (rng.random() < expected - int(expected))
     items: list[tuple[str, int]] = [("key", row) for row in rows]
     if decoys is not None and n_decoys:
-        items += [("decoy", rng.randrange(len(decoys))) for _ in range(n_decoys)]
-        rng.shuffle(items)
+        for _ in range(n_decoys):
+            # Random positions, but the key samples keep their seeded order (re-checkable).
+            items.insert(rng.randrange(len(items) + 1), ("decoy", decoy_order[0]))
+            decoy_order.append(decoy_order.pop(0))  # wraps around only if the pool runs out
     images = torch.stack(
         [key.images[i] if role == "key" else decoys[i] for role, i in items]  # type: ignore[index]
     )
