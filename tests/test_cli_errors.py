@@ -513,7 +513,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["5 key queries can never reach alpha", "--max-queries"],
     ),
     "verify-unknown-protocol": (
-        ["verify", "--key", "{K}", "--url", "http://127.0.0.1:9", "--protocol", "grpc"],
+        ["verify", "--key", "{K}", "--p0", "0.05", "--url", "http://x:9", "--protocol", "grpc"],
         ["grpc", "v2"],
     ),
     "verify-server-down": (
@@ -521,6 +521,8 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
             "verify",
             "--key",
             "{K}",
+            "--p0",
+            "0.05",
             "--url",
             "http://127.0.0.1:9/v2/models/m",
             "--retries",
@@ -531,7 +533,17 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["cannot connect", "127.0.0.1:9"],
     ),
     "verify-bad-adapter": (
-        ["verify", "--key", "{K}", "--url", "no_such_mod:fn", "--protocol", "python"],
+        [
+            "verify",
+            "--key",
+            "{K}",
+            "--p0",
+            "0.05",
+            "--url",
+            "no_such_mod:fn",
+            "--protocol",
+            "python",
+        ],
         ["no_such_mod"],
     ),
     "serve-missing-model": (["serve", "{NODIR}/m.safetensors"], ["not found"]),

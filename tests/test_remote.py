@@ -135,7 +135,8 @@ def test_clean_model_is_not_owned_and_tokens_are_enforced(
         monkeypatch.setenv("OWNMARK_TOKEN", "s3cret")
         assert _verify(world, url, tmp_path) == 1
         doc = load_evidence(tmp_path / "ev.json")
-        assert doc["result"]["verdict"] == "not owned" and doc["result"]["stop_reason"] == "futile"
+        assert doc["result"]["verdict"] == "not owned"
+        assert doc["result"]["stop_reason"] in ("futile", "budget")
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -598,13 +598,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         min_watermark_rate=args.dismiss_below,
         seed=args.seed,
     )
-    # Everything that can fail on our side fails before the suspect sees a single query.
+    # A local model file is checked first (a wrong file is the likelier mistake); a remote
+    # suspect is contacted only after everything that can fail on our side has passed.
+    suspect = _suspect(args, key) if args.model is not None else None
     plan_test(key, config)
     decoys = _decoys(args, key)
     if args.sign_key is not None:
         load_signing_key(args.sign_key)
     evidence_path = _evidence_path(args)
-    suspect = _suspect(args, key)
+    if suspect is None:
+        suspect = _suspect(args, key)
     try:
         result = verify_ownership(key, suspect, config, decoys=decoys)
     finally:
