@@ -715,6 +715,14 @@ class _HttpSuspect:
         """Images passed to :meth:`query` (each counted once, however many retries)."""
         return self._images_sent
 
+    def _take(self, images: torch.Tensor) -> npt.NDArray[np.uint8] | None:
+        """The validated uint8 batch to send (counted), or None for no images."""
+        batch = _image_batch(images)
+        if int(batch.shape[0]) == 0:
+            return None
+        self._images_sent += int(batch.shape[0])
+        return batch
+
     def close(self) -> None:
         """Close the HTTP connections (a client passed in by the caller stays open)."""
         self._transport.close()
@@ -889,11 +897,10 @@ class V2Suspect(_HttpSuspect):
             ConfigError: ``images`` is not a uint8 N×C×H×W tensor.
             QueryError: the request failed or the answer is invalid.
         """
-        batch = _image_batch(images)
-        count = int(batch.shape[0])
-        if count == 0:
+        batch = self._take(images)
+        if batch is None:
             return []
-        self._images_sent += count
+        count = int(batch.shape[0])
         request_id = f"ownmark-{uuid.uuid4().hex}"
         body = {
             "id": request_id,
@@ -1119,11 +1126,10 @@ class TemplateSuspect(_HttpSuspect):
             ConfigError: ``images`` is not a uint8 N×C×H×W tensor.
             QueryError: the request failed or the answer is invalid.
         """
-        batch = _image_batch(images)
-        count = int(batch.shape[0])
-        if count == 0:
+        batch = self._take(images)
+        if batch is None:
             return []
-        self._images_sent += count
+        count = int(batch.shape[0])
         body = _fill(self._template.body, _encode_images(batch, self._template.encoding))
         payload = self._transport.request(
             self._template.method, self._url, body=body, headers=dict(self._template.headers)
