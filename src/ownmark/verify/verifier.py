@@ -290,12 +290,12 @@ def verify_ownership(
             break
         size = min(needed if config.sequential else test.max_queries, config.max_batch)
         rows = order[sent : sent + size]
-        records.extend(_one_request(key, suspect, rows, decoys, decoy_order, config, rng, requests))
+        answered = _one_request(key, suspect, rows, decoys, decoy_order, config, rng, requests)
+        records.extend(answered)
         requests += 1
         sent += len(rows)
-        key_records = [r for r in records if r.role == "key"]
-        matches = sum(r.matched for r in key_records)
-        errors = sum(r.error is not None for r in key_records)
+        matches += sum(r.matched for r in answered if r.role == "key")
+        errors += sum(r.error is not None for r in answered if r.role == "key")
         if on_request is not None:
             on_request(requests, sent, matches)
         if test.reached(matches, sent):
