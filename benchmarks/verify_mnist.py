@@ -51,20 +51,16 @@ from ownmark.verify import (
 )
 from ownmark.verify.protocols import V2Suspect
 from ownmark.verify.stats import false_claim_probability, min_matches_for
-from ownmark.workflows import run_record
+from ownmark.workflows import run_record, verify_served
 
 SCHEMES = ("content", "unrelated", "noise")
 ALPHA = 1e-6
 BUDGET = 100
-ANCHOR_QUERIES = 100  # seed 001 queries all 100 key samples
 
 
 def over_http(model: Classifier, name: str, key: KeySet, **options: Any) -> VerificationResult:
-    """Serve ``model`` on 127.0.0.1 and verify it through the HTTP API."""
-    app = create_app(TorchBackend(model), ServeConfig(model_name=name))
-    with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
-        suspect.check_input_shape(key.image_shape)
-        return verify_ownership(key, suspect, alpha=ALPHA, max_queries=BUDGET, **options)
+    """Serve ``model`` on 127.0.0.1 and verify it through the HTTP API (alpha, budget fixed)."""
+    return verify_served(model, key, name=name, alpha=ALPHA, max_queries=BUDGET, **options)
 
 
 def queries_needed(

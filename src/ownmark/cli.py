@@ -510,7 +510,8 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
         rate_limit=args.rate_limit,
         token=args.token or os.environ.get("OWNMARK_TOKEN") or None,
     )
-    suspect = open_suspect(
+    # Every suspect open_suspect returns has close(); the Suspect protocol does not require it.
+    suspect: Any = open_suspect(
         args.url,
         args.protocol,
         model=args.model_name,
@@ -524,9 +525,7 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
             # One metadata request up front beats spending the budget on images it can't take.
             suspect.check_input_shape(key.image_shape)
     except BaseException:
-        close = getattr(suspect, "close", None)
-        if callable(close):
-            close()
+        suspect.close()
         raise
     return suspect
 
@@ -611,9 +610,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         result = verify_ownership(key, suspect, config, decoys=decoys)
     finally:
-        close = getattr(suspect, "close", None)
-        if callable(close):
-            close()
+        suspect.close()
     # Written before anything is printed: a failed write must not look like a verdict.
     json_path, report_path = write_evidence(result, key, evidence_path, signing_key=args.sign_key)
     if args.json is not None:

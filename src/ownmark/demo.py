@@ -18,16 +18,13 @@ from ownmark.attacks import AttackData, FineTuning, MagnitudePruning
 from ownmark.calibrate import calibrate_key
 from ownmark.data import load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
-from ownmark.keys import KeySet, save_key
+from ownmark.keys import save_key
 from ownmark.metrics import accuracy
-from ownmark.models import Classifier
 from ownmark.preview import save_preview
-from ownmark.serve import BackgroundServer, ServeConfig, TorchBackend, create_app
 from ownmark.train import TrainConfig
-from ownmark.verify import Verdict, VerificationResult, verify_ownership
+from ownmark.verify import Verdict
 from ownmark.verify.evidence import write_evidence
-from ownmark.verify.protocols import V2Suspect
-from ownmark.workflows import attack_model, make_key, run_record, train_model
+from ownmark.workflows import attack_model, make_key, run_record, train_model, verify_served
 
 #: Clean reference models for calibration: (architecture, seed offset). Their seeds differ
 #: from the clean suspect's, so the suspect stays independent of the calibration.
@@ -74,16 +71,6 @@ class DemoSummary:
                 f"| {r.expected} |"
             )
         return "\n".join(lines)
-
-
-def verify_over_http(
-    model: Classifier, name: str, key: KeySet, *, seed: int = 0
-) -> VerificationResult:
-    """Serve ``model`` on 127.0.0.1 and verify it through its prediction API only."""
-    app = create_app(TorchBackend(model), ServeConfig(model_name=name))
-    with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
-        suspect.check_input_shape(key.image_shape)
-        return verify_ownership(key, suspect, seed=seed)
 
 
 def run_demo(
@@ -179,7 +166,7 @@ def run_demo(
         ("finetuned", tuned, tuned_metrics["test_accuracy"], Verdict.OWNED),
     ]
     for name, model, test_accuracy, expected in cases:
-        result = verify_over_http(model, name, key, seed=seed)
+        result = verify_served(model, key, name=name, seed=seed)
         evidence, _ = write_evidence(result, key, out / "evidence" / f"{name}.json")
         assert test_accuracy is not None
         summary.rows.append(

@@ -24,6 +24,7 @@ from ownmark.metrics import accuracy
 from ownmark.models import Classifier, ModelSpec, build_model, save_model
 from ownmark.schemes import create_scheme
 from ownmark.train import TrainConfig, TrainResult, fit, remove_checkpoint
+from ownmark.verify import VerificationResult, verify_ownership
 
 
 def default_arch(data: DataSplits) -> str:
@@ -219,3 +220,26 @@ def prune_sweep(
         attack_model(model, MagnitudePruning(rate, scope), data=data, key=key, before=before)[1]
         for rate in rates
     ]
+
+
+def verify_served(
+    model: Classifier,
+    key: KeySet,
+    *,
+    name: str = "model",
+    decoys: torch.Tensor | None = None,
+    **options: Any,
+) -> VerificationResult:
+    """Serve ``model`` on 127.0.0.1 and verify it through its HTTP prediction API only.
+
+    What ``ownmark serve`` plus ``ownmark verify --url`` do, in one process: the demo and the
+    benchmarks use it. ``options`` are :class:`~ownmark.verify.VerifyConfig` fields.
+    """
+    # Imported here: the web stack is only needed when something is actually served.
+    from ownmark.serve import BackgroundServer, ServeConfig, TorchBackend, create_app
+    from ownmark.verify.protocols import V2Suspect
+
+    app = create_app(TorchBackend(model), ServeConfig(model_name=name))
+    with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
+        suspect.check_input_shape(key.image_shape)
+        return verify_ownership(key, suspect, decoys=decoys, **options)

@@ -89,7 +89,30 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return result
 
 
-class TorchBackend:
+class _Backend:
+    """What both backends know about their model: architecture, classes, input shape."""
+
+    def __init__(self, arch: str, num_classes: int, shape: tuple[int, int, int]) -> None:
+        self._arch, self._num_classes, self._shape = arch, num_classes, shape
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    @property
+    def description(self) -> dict[str, str]:
+        return {
+            "arch": self._arch,
+            "num_classes": str(self._num_classes),
+            "input_shape": "x".join(map(str, self._shape)),
+        }
+
+
+class TorchBackend(_Backend):
     """Run a :class:`~ownmark.models.Classifier` in PyTorch on the CPU.
 
     The model is moved to the CPU and put in eval mode (in place). A lock serialises forward
@@ -102,7 +125,8 @@ class TorchBackend:
             raise TypeError(f"TorchBackend expects a Classifier, got {type(model).__name__}")
         self._model = model.to("cpu").eval()
         spec = model.spec
-        self._shape = (spec.in_channels, *spec.input_size)
+        c, (h, w) = spec.in_channels, spec.input_size
+        super().__init__(spec.arch, spec.num_classes, (c, h, w))
         self._lock = threading.Lock()
 
     @property
@@ -110,23 +134,8 @@ class TorchBackend:
         return "pytorch"
 
     @property
-    def num_classes(self) -> int:
-        return self._model.spec.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self._shape
-        return c, h, w
-
-    @property
     def description(self) -> dict[str, str]:
-        spec = self._model.spec
-        return {
-            "arch": spec.arch,
-            "num_classes": str(spec.num_classes),
-            "input_shape": "x".join(map(str, self._shape)),
-            "backend": "torch",
-        }
+        return {**super().description, "backend": "torch"}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """float32 ``(N, K)`` probabilities; raises TypeError/ValueError on a wrong array."""
@@ -188,7 +197,7 @@ def _read_onnx_spec(metadata: dict[str, str], path: Path) -> tuple[str, int, int
     return arch, num_classes, in_channels, h, w
 
 
-class OnnxBackend:
+class OnnxBackend(_Backend):
     """Run an ONNX file written by :func:`~ownmark.serve.onnx_export.export_onnx` in onnxruntime.
 
     Uses the CPUExecutionProvider. The graph takes uint8 ``images`` and returns float32
@@ -222,8 +231,8 @@ class OnnxBackend:
                 f"{file} is not a valid ONNX model ({one_line(exc)}); export it with "
                 "ownmark.serve.export_onnx (ownmark export --onnx)"
             ) from exc
-        self._arch, self._num_classes, c, h, w = _read_onnx_spec(metadata, file)
-        self._shape = (c, h, w)
+        arch, num_classes, c, h, w = _read_onnx_spec(metadata, file)
+        super().__init__(arch, num_classes, (c, h, w))
         self._path = file
         self._version = metadata.get("ownmark_version", "unknown")
         self._check_signature()
@@ -248,20 +257,9 @@ class OnnxBackend:
         return "onnxruntime"
 
     @property
-    def num_classes(self) -> int:
-        return self._num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self._shape
-        return c, h, w
-
-    @property
     def description(self) -> dict[str, str]:
         return {
-            "arch": self._arch,
-            "num_classes": str(self._num_classes),
-            "input_shape": "x".join(map(str, self._shape)),
+            **super().description,
             "backend": "onnxruntime",
             "exported_by": f"ownmark {self._version}",
         }

@@ -47,3 +47,6 @@ class LocalModelSuspect:
 
     def query(self, images: torch.Tensor) -> Sequence[object]:
         return [int(v) for v in predict(self._model, images)]
+
+    def close(self) -> None:
+        """Nothing to release; here so that every suspect ownmark opens can be closed."""
