@@ -634,6 +634,73 @@ def test_download_errors(tmp_path: Path, tiny: _FileServer) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("dangling", [False, True])
+def test_download_part_symlink_refused(tmp_path: Path, tiny: _FileServer, dangling: bool) -> None:
+    """A symlink planted at the .part name is neither written through nor followed."""
+    victim = tmp_path / "victim.txt"
+    if not dangling:
+        victim.write_bytes(b"precious")  # a resume would append to it, a restart overwrite it
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / "a.bin.part").symlink_to(victim)
+    with pytest.raises(DataError, match=r"a\.bin\.part: it is a symbolic link to ") as info:
+        download_dataset("tiny", dl, mirror=tiny.url, progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "remove it and run the same command again" in message
+    assert tiny.requests == []  # refused before anything was asked of the server
+    if dangling:
+        assert not victim.exists() and not victim.is_symlink()  # not created through the link
+    else:
+        assert victim.read_bytes() == b"precious"
+    assert not (dl / "a.bin").exists()
+
+
+def test_download_part_hard_link_refused(tmp_path: Path, tiny: _FileServer) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    os.link(victim, tmp_path / "a.bin.part")
+    with pytest.raises(DataError, match=r"a\.bin\.part: it has 2 hard links"):
+        download_dataset("tiny", tmp_path, mirror=tiny.url, progress=False)
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_download_part_symlink_planted_after_check(
+    tmp_path: Path, tiny: _FileServer, monkeypatch: pytest.MonkeyPatch, resume: bool
+) -> None:
+    """A symlink that appears between the check and the open (a race) is not followed either.
+
+    A fresh download removes it (never its target) and creates the file with O_EXCL; a resume
+    opens with O_NOFOLLOW and stops with the same clear error.
+    """
+    import ownmark.data.download as download
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(FILE_A[:3000])
+    part = tmp_path / "a.bin.part"
+    checked = download._part_size
+
+    def plant_then_check(path: Path, url: str) -> int:
+        size = checked(path, url)
+        if path == part:
+            path.symlink_to(victim)
+            return 3000 if resume else size
+        return size
+
+    monkeypatch.setattr(download, "_part_size", plant_then_check)
+    if resume:
+        with pytest.raises(DataError, match=r"a\.bin\.part: it is a symbolic link") as info:
+            download_dataset("tiny", tmp_path, mirror=tiny.url, progress=False)
+        assert "\n" not in str(info.value)
+        assert ("a.bin", "bytes=3000-") in tiny.requests
+    else:
+        download_dataset("tiny", tmp_path, mirror=tiny.url, progress=False)
+        assert (tmp_path / "a.bin").read_bytes() == FILE_A
+        assert not (tmp_path / "a.bin").is_symlink()
+    assert victim.read_bytes() == FILE_A[:3000]
+
+
 def test_download_local_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -88,6 +89,41 @@ class DataSplits:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+
+#: Bytes asked for per ``read`` by :func:`read_at_most`: small enough that a decompressor never
+#: inflates much past a cap, large enough that reading a 150 MB batch is not slowed down.
+READ_CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    """Anything with ``read(size)``: a file, a ``GzipFile``, a tar member."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def read_at_most(stream: Readable, size: int, chunk: int = READ_CHUNK) -> bytes:
+    """Up to ``size`` bytes of ``stream``; fewer only when the stream ends first.
+
+    Reads in chunks of at most ``chunk`` bytes and never asks for more than ``size`` in total, so
+    a decompressing stream inflates at most ``size`` bytes and nothing larger is allocated. To
+    cap an untrusted stream at ``limit`` bytes, read ``limit + 1`` and refuse when that many came
+    back: the stream stops one byte past the cap instead of being inflated in full.
+    """
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = stream.read(min(chunk, size - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def mebibytes(size: int) -> str:
+    """``size`` bytes as a short MiB figure for messages ("155.0 MiB")."""
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def stratified_split(

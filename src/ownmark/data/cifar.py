@@ -6,22 +6,48 @@ The batches are Python-2 pickles. Unpickling can run arbitrary code, so they are
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
 import pickle
 import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from ownmark.data.base import DataSplits, ImageDataset
+from ownmark.data.base import DataSplits, ImageDataset, Readable, mebibytes, read_at_most
 from ownmark.errors import ConfigError, DataError
+
+# Caps on what a CIFAR source may unpack to: the files come from elsewhere, and a tar or gzip
+# bomb must end in a one-line error, not in a full memory or disk. The official files, for
+# scale: CIFAR-10's data_batch_* pickles are ~31 MB (29.6 MiB) each, CIFAR-100's train pickle
+# is ~155 MB (148 MiB), and either tarball (~163 MB / ~161 MB compressed) unpacks to ~186 MB
+# (178 MiB) in 9 entries (CIFAR-10) or 5 (CIFAR-100).
+
+#: Largest single member (or batch file in a folder): 1.7x CIFAR-100's 148 MiB train pickle. A
+#: member is held in memory whole while it is unpickled, so this also bounds one batch's memory.
+CIFAR_MAX_MEMBER_BYTES = 256 << 20
+#: Most bytes decompressed from one tarball, tar headers and skipped members included (2.9x
+#: the 178 MiB of an official one); batch files read from a folder count against it too.
+CIFAR_MAX_TOTAL_BYTES = 512 << 20
+#: Most tar entries read (the official tarballs hold 9 and 5): room for a re-packed archive
+#: with extra files, far below what it takes to slow the scan down.
+CIFAR_MAX_MEMBERS = 1_000
+#: Most bytes of tar metadata (pax headers, GNU long names, sparse maps) in front of one entry:
+#: real ones take well under 1 KiB, and tarfile reads them into memory before any check here.
+CIFAR_MAX_HEADER_BYTES = 1 << 20
+
+#: tarfile's read size on the decompressed stream; the header budget allows for read-ahead.
+_TAR_BUFSIZE = 1 << 16
+_HEADER_BUDGET = CIFAR_MAX_HEADER_BYTES + 4 * _TAR_BUFSIZE
 
 try:  # numpy >= 2 moved the implementation to numpy._core; old pickles still name numpy.core.
     from numpy._core.multiarray import _reconstruct
@@ -132,44 +158,183 @@ def _locate(variant: _Variant, path: Path) -> Path:
     )
 
 
-def _iter_members(
+def _refused(variant: _Variant, source: Path, why: str) -> DataError:
+    return DataError(
+        f"{variant.title} data refused: {source} {why}; delete it and "
+        f"{_how_to_get(variant, source)}"
+    )
+
+
+class _Refused(Exception):
+    """A tarball broke one of the caps; the message completes "<file> ..." (see ``_refused``)."""
+
+
+class _CappedStream:
+    """The decompressed bytes of a tarball, counted on their way to :mod:`tarfile`.
+
+    Raises :class:`_Refused` as soon as more than ``limit`` bytes were read in all or, while
+    ``budget`` is set, more than ``budget`` bytes since it was set. Only ``read`` is used (the
+    archive is opened as a stream, ``"r|"``); the rest is what tarfile expects of a file.
+    """
+
+    def __init__(self, raw: Readable, limit: int) -> None:
+        self._raw = raw
+        self._limit = limit
+        self.total = 0
+        self.budget: int | None = None
+
+    def read(self, size: int, /) -> bytes:
+        data = self._raw.read(size)
+        self.total += len(data)
+        if self.total > self._limit:
+            raise _Refused(
+                f"unpacks to more than {mebibytes(self._limit)} (an official tarball unpacks "
+                "to 178 MiB): a decompression bomb"
+            )
+        if self.budget is not None:
+            self.budget -= len(data)
+            if self.budget < 0:
+                raise _Refused(
+                    f"has more than {mebibytes(CIFAR_MAX_HEADER_BYTES)} of tar headers in front "
+                    "of one entry (real ones take under 1 KiB)"
+                )
+        return data
+
+    def tell(self) -> int:
+        return self.total
+
+    def seek(self, pos: int, /) -> int:
+        raise io.UnsupportedOperation("seek")
+
+    def write(self, b: bytes, /) -> int:
+        raise io.UnsupportedOperation("write")
+
+    def close(self) -> None:
+        pass
+
+
+def _decompressing(raw: io.BufferedReader) -> io.BufferedIOBase:
+    """``raw`` seen through the decompressor its first bytes call for (none for a plain tar).
+
+    The decompressors inflate only as much as each ``read`` asks for, so the caps of
+    :class:`_CappedStream` stop them as soon as they are passed.
+    """
+    magic = raw.peek(6)[:6]
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar entry is refused, or None: only plain files and folders, inside the archive."""
+    name = member.name
+    kind = None
+    if name.startswith("/") or ".." in PurePosixPath(name).parts:
+        kind = "a path that points outside the archive"
+    elif member.issym():
+        kind = f"a symbolic link to {member.linkname!r}"
+    elif member.islnk():
+        kind = f"a hard link to {member.linkname!r}"
+    elif member.ischr() or member.isblk():
+        kind = "a device file"
+    elif member.isfifo():
+        kind = "a FIFO"
+    elif member.issparse():
+        kind = "a sparse file"
+    elif not (member.isreg() or member.isdir()):
+        kind = f"an entry of type {member.type!r}"
+    if kind is not None:
+        return f"holds {name!r}, {kind} (CIFAR tarballs hold only files and folders)"
+    if member.isreg() and member.size > CIFAR_MAX_MEMBER_BYTES:
+        return (
+            f"holds {name!r} of {mebibytes(member.size)}, more than the "
+            f"{mebibytes(CIFAR_MAX_MEMBER_BYTES)} cap (the largest official file is 148 MiB)"
+        )
+    return None
+
+
+def _iter_folder(
     variant: _Variant, source: Path, wanted: tuple[str, ...]
 ) -> Iterator[tuple[str, str, bytes]]:
-    """Yield ``(file name, where, bytes)`` for each wanted file.
+    total = 0
+    for name in wanted:
+        file = source / name
+        if not file.is_file():
+            raise DataError(
+                f"{variant.title} file not found: {file}; {_how_to_get(variant, source.parent)}"
+            )
+        try:
+            with file.open("rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                payload = b""
+                if size <= CIFAR_MAX_MEMBER_BYTES:
+                    payload = read_at_most(stream, CIFAR_MAX_MEMBER_BYTES + 1)
+        except OSError as exc:
+            raise _corrupt(variant, str(file), str(exc), source.parent) from exc
+        size = max(size, len(payload))
+        if size > CIFAR_MAX_MEMBER_BYTES:
+            raise _refused(
+                variant,
+                file,
+                f"is {mebibytes(size)}, more than the {mebibytes(CIFAR_MAX_MEMBER_BYTES)} cap on "
+                "one batch (the largest official one is 148 MiB)",
+            )
+        total += size
+        if total > CIFAR_MAX_TOTAL_BYTES:
+            raise _refused(
+                variant,
+                source,
+                f"holds more than {mebibytes(CIFAR_MAX_TOTAL_BYTES)} of batches (the official "
+                "ones take 178 MiB)",
+            )
+        yield name, str(file), payload
 
-    From a tarball the members are read in archive order, straight from the stream, so a
-    ``.tar.gz`` is decompressed only once and nothing is written to disk.
-    """
-    if source.is_dir():
-        for name in wanted:
-            file = source / name
-            if not file.is_file():
-                raise DataError(
-                    f"{variant.title} file not found: {file}; {_how_to_get(variant, source.parent)}"
-                )
-            try:
-                yield name, str(file), file.read_bytes()
-            except OSError as exc:
-                raise _corrupt(variant, str(file), str(exc), source.parent) from exc
-        return
 
+def _iter_tarball(
+    variant: _Variant, source: Path, wanted: tuple[str, ...]
+) -> Iterator[tuple[str, str, bytes]]:
     remaining = set(wanted)
     try:
-        with tarfile.open(source, "r:*") as archive:
-            for member in archive:
-                parts = Path(member.name).parts
-                if not member.isfile() or len(parts) < 2 or parts[-2] != variant.folder:
-                    continue
-                if parts[-1] not in remaining:
-                    continue
-                stream = archive.extractfile(member)
-                if stream is None:  # pragma: no cover - isfile() members always have data
-                    continue
-                remaining.discard(parts[-1])
-                yield parts[-1], f"{source}:{member.name}", stream.read()
-                if not remaining:
-                    break
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        with source.open("rb") as raw, _decompressing(raw) as unpacked:
+            stream = _CappedStream(unpacked, CIFAR_MAX_TOTAL_BYTES)
+            stream.budget = _HEADER_BUDGET
+            # A stream ("r|") reads strictly forward, every byte through ``stream``'s caps.
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE) as archive:
+                count = 0
+                skip = 0  # bytes of the previous entry's data tarfile will skip to the next
+                while remaining:
+                    stream.budget = _HEADER_BUDGET + skip
+                    member = archive.next()
+                    stream.budget = None
+                    if member is None:
+                        break
+                    count += 1
+                    if count > CIFAR_MAX_MEMBERS:
+                        raise _Refused(
+                            f"holds more than {CIFAR_MAX_MEMBERS} entries (an official tarball "
+                            "holds 9 or fewer)"
+                        )
+                    problem = _member_problem(member)
+                    if problem is not None:
+                        raise _Refused(problem)
+                    skip = member.size if member.isreg() else 0
+                    parts = PurePosixPath(member.name).parts
+                    if not member.isreg() or len(parts) < 2 or parts[-2] != variant.folder:
+                        continue
+                    if parts[-1] not in remaining:
+                        continue
+                    data = archive.extractfile(member)
+                    if data is None:  # pragma: no cover - regular members always have data
+                        continue
+                    remaining.discard(parts[-1])
+                    yield parts[-1], f"{source}:{member.name}", read_at_most(data, member.size)
+    except _Refused as exc:
+        raise _refused(variant, source, str(exc)) from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise _corrupt(variant, str(source), str(exc) or type(exc).__name__, source) from exc
     if remaining:
         missing = sorted(remaining)
@@ -177,6 +342,20 @@ def _iter_members(
             f"{variant.title} file not found: {variant.folder}/{missing[0]} in {source}; "
             f"{_how_to_get(variant, source)}"
         )
+
+
+def _iter_members(
+    variant: _Variant, source: Path, wanted: tuple[str, ...]
+) -> Iterator[tuple[str, str, bytes]]:
+    """Yield ``(file name, where, bytes)`` for each wanted file.
+
+    From a tarball the members are read in archive order, straight from the stream, so a
+    ``.tar.gz`` is decompressed only once and nothing is written to disk. Every read is bounded
+    by the ``CIFAR_MAX_*`` caps, and links, devices and paths outside the archive are refused.
+    """
+    if source.is_dir():
+        return _iter_folder(variant, source, wanted)
+    return _iter_tarball(variant, source, wanted)
 
 
 def _unpickle(variant: _Variant, where: str, payload: bytes, origin: Path) -> dict[str, Any]:
@@ -297,7 +476,9 @@ def load_cifar10(path: str | os.PathLike[str]) -> DataSplits:
             non-official checksums load fine: nothing is checked but the content.
 
     Raises:
-        DataError: a file is missing, corrupt, or references a forbidden pickle global.
+        DataError: a file is missing, corrupt, or references a forbidden pickle global; or the
+            tarball passes one of the ``CIFAR_MAX_*`` caps or holds a link, a device file or a
+            path outside the archive.
     """
     return _load(_CIFAR10, path, "labels", "label_names", "cifar10")
 
@@ -311,7 +492,7 @@ def load_cifar100(path: str | os.PathLike[str], label_mode: str = "fine") -> Dat
 
     Raises:
         ConfigError: ``label_mode`` is neither ``"fine"`` nor ``"coarse"``.
-        DataError: a file is missing, corrupt, or references a forbidden pickle global.
+        DataError: as for :func:`load_cifar10`.
     """
     if label_mode not in ("fine", "coarse"):
         raise ConfigError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import os
+import stat
 import sys
 import urllib.error
 import urllib.parse
@@ -18,6 +21,14 @@ from tqdm import tqdm
 from ownmark.errors import ConfigError, DataError
 
 _CHUNK = 1 << 16
+
+# The ``.part`` file sits in a folder others may write to (a shared data folder). It is opened
+# without following a symbolic link at its name, created only if nothing is there (O_EXCL), and
+# refused if it has other hard links, so that a link planted there cannot make the download
+# overwrite, append to, or create some other file. (0 where the platform has no such flag.)
+_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
+_BINARY: int = getattr(os, "O_BINARY", 0)
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,88 @@ def _start(url: str, offset: int, timeout: float) -> tuple[Any, bool] | None:
     return _open(url, 0, timeout), False
 
 
+def _unsafe_part(part: Path, url: str, why: str) -> DataError:
+    return DataError(
+        f"refusing to write the download of {url} to {part}: {why}, not a partial download "
+        "ownmark started (it may have been planted to redirect the download onto another "
+        "file); remove it and run the same command again"
+    )
+
+
+def _part_size(part: Path, url: str) -> int:
+    """Bytes already in ``part`` (0 when it does not exist), checked without following links.
+
+    Raises:
+        DataError: ``part`` is a symbolic link, not a regular file, or has other hard links.
+    """
+    try:
+        info = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise DataError(f"cannot inspect partial download {part}: {exc}") from exc
+    _check_part(part, url, info)
+    return info.st_size
+
+
+def _check_part(part: Path, url: str, info: os.stat_result) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(part)
+        except OSError:  # pragma: no cover - gone or changed since lstat
+            target = "?"
+        raise _unsafe_part(part, url, f"it is a symbolic link to {target}")
+    if not stat.S_ISREG(info.st_mode):
+        raise _unsafe_part(part, url, "it is not a regular file")
+    if info.st_nlink > 1:
+        links = info.st_nlink
+        raise _unsafe_part(part, url, f"it has {links} hard links, so it is also another file")
+
+
+def _open_part(part: Path, url: str, flags: int) -> int:
+    """``os.open`` of ``part`` that never follows a link at its name; the fd is checked too."""
+    try:
+        fd = os.open(part, flags | _NOFOLLOW | _CLOEXEC | _BINARY, 0o644)
+    except FileExistsError as exc:  # O_EXCL: something appeared after it was removed
+        raise _unsafe_part(part, url, "it appeared while the download started") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link (Linux, BSD)
+            raise _unsafe_part(part, url, "it is a symbolic link") from exc
+        raise
+    try:
+        _check_part(part, url, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_part(part: Path, url: str, offset: int | None) -> int:
+    """A write-only fd on ``part``: appending after ``offset`` bytes, or on a new empty file."""
+    if offset is not None:
+        fd = _open_part(part, url, os.O_WRONLY | os.O_APPEND)
+        if os.fstat(fd).st_size != offset:
+            os.close(fd)
+            raise DataError(
+                f"partial download {part} changed while the download of {url} started; run the "
+                "same command again"
+            )
+        return fd
+    # Unlinking removes whatever is at the name (a stale .part, or a link: never its target).
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    return _open_part(part, url, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+
+def _part_md5(part: Path, url: str) -> str:
+    """Hex MD5 of ``part``, opened without following a link at its name."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with os.fdopen(_open_part(part, url, os.O_RDONLY), "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
     """Stream ``url`` into ``part``, resuming from the bytes already there when the server allows.
 
@@ -111,7 +204,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
         DataError: network error, or the server sent fewer bytes than announced (the ``.part``
             file is kept so that the next call resumes).
     """
-    offset = part.stat().st_size if part.exists() else 0
+    offset = _part_size(part, url)
     expected: int | None = None
     received = 0
     try:
@@ -125,7 +218,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
             length = response.headers.get("Content-Length") if response.headers else None
             expected = int(length) if length and length.isdigit() else None
             with (
-                part.open("ab" if resumed else "wb") as sink,
+                os.fdopen(_create_part(part, url, offset if resumed else None), "ab") as sink,
                 tqdm(
                     total=None if expected is None else offset + expected,
                     initial=offset,
@@ -175,7 +268,9 @@ def download_dataset(
 
     Each file is streamed into ``<file>.part`` (resumed with an HTTP Range request if a
     ``.part`` is already there), checked against its official MD5, then renamed to its final
-    name. A final file that is already there with the right MD5 is kept without any request.
+    name. The ``.part`` is never opened through a symbolic link, nor written when it has other
+    hard links: such a ``.part`` is refused with a DataError, and its target left untouched. A
+    final file that is already there with the right MD5 is kept without any request.
 
     Args:
         name: the data set.
@@ -190,7 +285,8 @@ def download_dataset(
 
     Raises:
         ConfigError: unknown ``name``.
-        DataError: network error, or a checksum mismatch (the ``.part`` is deleted).
+        DataError: network error, a checksum mismatch (the ``.part`` is deleted), or a
+            ``.part`` that is a link or not a regular file.
     """
     if name not in DOWNLOADS:
         raise ConfigError(
@@ -212,7 +308,7 @@ def download_dataset(
         url = f"{base.rstrip('/')}/{urllib.parse.quote(remote.name)}"
         part = final.with_name(f"{final.name}.part")
         _fetch(url, part, timeout, progress)
-        actual = file_md5(part)
+        actual = _part_md5(part, url)
         if actual != remote.md5:
             part.unlink()
             raise DataError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ownmark.data.base import DataSplits, ImageDataset
+from ownmark.data.base import DataSplits, ImageDataset, mebibytes, read_at_most
 from ownmark.errors import DataError
 
 #: IDX magic numbers: two zero bytes, type code 0x08 (unsigned byte), number of dimensions.
@@ -27,6 +28,13 @@ MNIST_FILES = (
 )
 
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+
+#: Most bytes one IDX file may unpack to. The files come from elsewhere and a ``.gz`` can be a
+#: decompression bomb, so the size the header declares is checked before the data is read, and
+#: reading stops one byte past it. The largest official file, train-images, is 47,040,016 bytes
+#: (45 MiB); 256 MiB is 5.7x that and still holds the larger sets in the same format, such as
+#: EMNIST Digits' 240,000 training images (179 MiB).
+MNIST_MAX_IDX_BYTES = 256 << 20
 
 
 def _how_to_get(root: Path) -> str:
@@ -47,22 +55,12 @@ def find_idx_file(root: Path, stem: str) -> Path:
     raise DataError(f"MNIST file not found: {root / stem}(.gz); {_how_to_get(root)}")
 
 
-def _read_bytes(path: Path, root: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as stream:
-                return stream.read()
-        return path.read_bytes()
-    # A truncated gzip stream raises EOFError, a damaged one BadGzipFile (OSError) or zlib.error.
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(
-            f"MNIST file is corrupt or unreadable: {path} ({exc}); delete it and "
-            f"{_how_to_get(root)}"
-        ) from exc
-
-
 def read_idx(path: str | os.PathLike[str], expected_magic: int) -> npt.NDArray[np.uint8]:
     """Parse one IDX file of unsigned bytes into an array shaped like its header says.
+
+    The header is read first; the data is read only if its declared size is at most
+    :data:`MNIST_MAX_IDX_BYTES`, and reading stops one byte past that size, so a gzip bomb
+    is never inflated beyond it.
 
     Args:
         path: the ``.gz`` or raw IDX file.
@@ -70,31 +68,51 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int) -> npt.NDArray[n
 
     Raises:
         DataError: the file cannot be read, is not gzip when named ``.gz``, has a different
-            magic number, or its length does not match the header.
+            magic number, declares more than :data:`MNIST_MAX_IDX_BYTES`, or its length does
+            not match the header.
     """
     file = Path(path)
     root = file.parent
-    raw = _read_bytes(file, root)
 
     def corrupt(why: str) -> DataError:
         return DataError(
             f"MNIST file is corrupt: {file} ({why}); delete it and {_how_to_get(root)}"
         )
 
-    if len(raw) < 4:
-        raise corrupt(f"only {len(raw)} bytes")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
-        raise corrupt(f"magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
     ndim = expected_magic & 0xFF
     header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise corrupt("truncated header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_len = header_len + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected_len:
-        raise corrupt(f"{len(raw)} bytes, the header {dims} needs {expected_len}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+    try:
+        with gzip.open(file, "rb") if file.suffix == ".gz" else file.open("rb") as stream:
+            header = read_at_most(stream, header_len)
+            if len(header) < 4:
+                raise corrupt(f"only {len(header)} bytes")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != expected_magic:
+                raise corrupt(f"magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+            if len(header) < header_len:
+                raise corrupt("truncated header")
+            dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            size = math.prod(dims)  # Python ints: four-byte dimensions cannot overflow
+            expected_len = header_len + size
+            if expected_len > MNIST_MAX_IDX_BYTES:
+                raise DataError(
+                    f"MNIST file refused: {file} declares {'x'.join(map(str, dims))} values "
+                    f"({mebibytes(expected_len)}), more than the {mebibytes(MNIST_MAX_IDX_BYTES)} "
+                    f"cap (the largest official file is 45 MiB); it is damaged or malicious: "
+                    f"delete it and {_how_to_get(root)}"
+                )
+            payload = read_at_most(stream, size + 1)  # one byte more: is anything left over?
+    # A truncated gzip stream raises EOFError, a damaged one BadGzipFile (OSError) or zlib.error.
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"MNIST file is corrupt or unreadable: {file} ({exc}); delete it and "
+            f"{_how_to_get(root)}"
+        ) from exc
+    if len(payload) > size:
+        raise corrupt(f"more than the {expected_len} bytes the header {dims} needs")
+    if len(payload) < size:
+        raise corrupt(f"{header_len + len(payload)} bytes, the header {dims} needs {expected_len}")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _load_split(root: Path, prefix: str) -> ImageDataset:
