@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ownmark.calibrate import MIN_KEPT_SAMPLES, calibrate_key
+from ownmark.calibrate import MIN_KEPT_SAMPLES, calibrate_key, innocent_tail
 from ownmark.data import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet, load_key, save_key
@@ -39,7 +39,8 @@ def _reference(arch: str, key: KeySet, rows: list[int]) -> Classifier:
 
 @pytest.fixture(scope="module")
 def key(digits: DataSplits) -> KeySet:
-    return create_scheme("unrelated", num_keys=60).generate(digits, seed=0)
+    # One key label for all samples, so a scripted reference "matches" exactly its hits.
+    return create_scheme("unrelated", num_keys=60, target_class=0).generate(digits, seed=0)
 
 
 def test_drops_what_references_match_and_bounds_the_rest_leave_one_out(key: KeySet) -> None:
@@ -107,3 +108,42 @@ def test_real_reference_models_give_a_small_bound(small_digits: DataSplits) -> N
     assert report.architectures == ("lenet5", "zhang_mnist")
     assert report.trials >= 2 * report.kept and 0 < calibrated.p0 < 0.3
     assert calibrated.p0 == max(r.upper_bound for r in report.references)
+
+
+def test_reports_each_group_and_the_innocent_tail(key: KeySet) -> None:
+    references = [
+        _reference("zhang_mnist", key, [0]),
+        _reference("lenet5", key, []),
+        _reference("lenet5", key, [10, 11, 12, 13, 14, 15]),
+    ]
+    _, report = calibrate_key(key, references, groups=["clean", "clean", "other-key"])
+    rates = report.group_rates()
+    assert set(rates) == {"clean", "other-key"}
+    assert rates["clean"][0] == 2 and rates["other-key"] == (1, 6, 59)
+    assert report.innocent_tail_bound == pytest.approx(1 / 4)
+    # p0 is the largest per-reference bound (6 of 59), so the fitted tail beyond it is small.
+    assert report.innocent_tail == innocent_tail(
+        [(r.loo_matches, r.loo_trials) for r in report.references], report.p0
+    )
+    assert 0.0 < report.innocent_tail < 0.05
+    assert '"other-key"' in report.source() and "innocent_tail" in report.source()
+    with pytest.raises(ConfigError, match="group"):
+        calibrate_key(key, references, groups=["clean", "dirty", "clean"])
+
+
+def test_innocent_tail_grows_with_the_spread_between_models() -> None:
+    p0 = 0.1
+    same = innocent_tail([(3, 100)] * 6, p0)
+    spread = innocent_tail([(0, 100), (0, 100), (1, 100), (6, 100), (9, 100), (2, 100)], p0)
+    assert same < spread < 1.0
+    assert innocent_tail([(20, 100)] * 3, p0) > 0.9  # references mostly above p0
+    assert innocent_tail([], p0) == 1.0
+
+
+def test_refuses_references_near_chance(key: KeySet, digits: DataSplits) -> None:
+    # The scripted references answer 5 for everything: 10% accuracy on the digits.
+    references = [_reference("zhang_mnist", key, []), _reference("lenet5", key, [])]
+    with pytest.raises(ConfigError, match=r"reference-0 classifies only 10\.\d% .*train it longer"):
+        calibrate_key(key, references, test=digits.test)
+    _, report = calibrate_key(key, references, test=digits.test, min_reference_accuracy=0.05)
+    assert report.references[0].test_accuracy == pytest.approx(0.1, abs=0.02)

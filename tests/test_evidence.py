@@ -22,31 +22,25 @@ from ownmark.verify.evidence import (
     load_evidence,
     write_evidence,
 )
+from scripted import Watermarked
 
 
-class Answers:
-    """A suspect that gives every image the same label."""
+class Answers(Watermarked):
+    """A watermarked suspect behind an HTTP address."""
 
     address = "http://suspect.example/v2/models/m/infer"
     protocol = "v2"
 
-    def __init__(self, label: int) -> None:
-        self.label = label
-
-    def query(self, images: torch.Tensor) -> Sequence[object]:
-        return [self.label] * len(images)
-
 
 @pytest.fixture(scope="module")
 def key(digits: DataSplits) -> KeySet:
-    return create_scheme("noise", num_keys=40).generate(digits, seed=0).with_p0(0.05, "test")
+    scheme = create_scheme("noise", num_keys=40, num_decoys=60)
+    return scheme.generate(digits, seed=0).with_p0(0.05, "test")
 
 
 @pytest.fixture
-def evidence(key: KeySet, tmp_path: Path, digits: DataSplits) -> Path:
-    result = verify_ownership(
-        key, Answers(0), decoys=digits.test.images[:20], decoy_ratio=0.5, seed=0
-    )
+def evidence(key: KeySet, tmp_path: Path) -> Path:
+    result = verify_ownership(key, Answers(key), request_size=12)
     assert result.verdict is Verdict.OWNED
     path, report = write_evidence(result, key, tmp_path / "ev.json")
     assert report.read_text().startswith("# Ownership verification: OWNED")
@@ -66,7 +60,15 @@ def test_untouched_evidence_checks_out(evidence: Path, key: KeySet) -> None:
     assert check.verdict == "owned" == doc["result"]["verdict"]
     assert check.p_value == doc["result"]["p_value"]
     assert doc["key"]["commitment"] == key.commitment
-    assert doc["suspect"] == {"address": Answers.address, "protocol": "v2", "transport": {}}
+    assert doc["suspect"] == {
+        "address": Answers.address,
+        "protocol": "v2",
+        "transport": {},
+        "first_seen": None,
+    }
+    assert doc["control"]["answered"] > 0 and doc["test"]["order"].startswith("fixed by")
+    assert any("no trusted date" in note for note in check.notes)
+    assert check.attested is None and not check.trusted
     assert {q["role"] for q in doc["queries"]} == {"key", "decoy"}
     assert all(q["sent"] <= q["received"] for q in doc["queries"])
     assert not list(evidence.parent.glob(".*tmp"))
@@ -118,11 +120,32 @@ def _duplicate(doc: dict[str, Any]) -> None:
     keys[1]["image_sha256"] = keys[0]["image_sha256"]
 
 
+def _swap(doc: dict[str, Any]) -> None:
+    """Reorder two key queries, as a verifier who shopped for an order would."""
+    rows = [i for i, q in enumerate(doc["queries"]) if q["role"] == "key"]
+    a, b = rows[0], rows[1]
+    doc["queries"][a], doc["queries"][b] = doc["queries"][b], doc["queries"][a]
+
+
+def _other_decoy(doc: dict[str, Any]) -> None:
+    decoy = next(q for q in doc["queries"] if q["role"] == "decoy")
+    decoy["index"] = (decoy["index"] + 1) % 60
+
+
+def _rescore_decoy(doc: dict[str, Any]) -> None:
+    decoy = next(q for q in doc["queries"] if q["role"] == "decoy")
+    decoy["correct"] = not decoy["correct"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (_rescore, "mis-scored"),
-        (_duplicate, "counted twice"),
+        (_duplicate, "committed order"),
+        (_swap, "committed order"),
+        (_other_decoy, "not the committed ones"),
+        (_rescore_decoy, "mis-scored"),
+        (lambda d: d["control"].update(correct=0), "control group"),
         (lambda d: d["result"].update(verdict="not owned"), "recomputed 'owned'"),
         (lambda d: d["test"].update(p0=0.01), "below the key's calibrated bound"),
         (lambda d: d["result"].update(matches=99), "result counts"),
@@ -148,7 +171,7 @@ def test_a_subset_of_the_queries_is_caught(evidence: Path, key: KeySet) -> None:
 
     _resealed(evidence, drop_first_key_query)
     problems = check_evidence(evidence, key).problems
-    assert any("seeded order" in p for p in problems), problems
+    assert any("committed order" in p for p in problems), problems
 
 
 def test_hostile_error_text_still_writes_evidence(key: KeySet, tmp_path: Path) -> None:
@@ -156,7 +179,7 @@ def test_hostile_error_text_still_writes_evidence(key: KeySet, tmp_path: Path) -
         def query(self, images: torch.Tensor) -> Sequence[object]:
             raise RuntimeError("bad \ud800 bytes | and pipes")
 
-    result = verify_ownership(key, Hostile(0), max_errors=0, seed=0)
+    result = verify_ownership(key, Hostile(key), max_errors=0)
     path, _ = write_evidence(result, key, tmp_path / "h.json")
     assert check_evidence(path, key).valid and result.verdict is Verdict.INCONCLUSIVE
     with pytest.raises(EvidenceError, match=r"\*\.json"):
@@ -164,7 +187,7 @@ def test_hostile_error_text_still_writes_evidence(key: KeySet, tmp_path: Path) -
 
 
 def test_other_key_is_rejected(evidence: Path, digits: DataSplits) -> None:
-    other = create_scheme("noise", num_keys=40).generate(digits, seed=0)
+    other = create_scheme("noise", num_keys=40, num_decoys=60).generate(digits, seed=0)
     check = check_evidence(evidence, other)
     assert not check.valid and "not this key" in check.problems[-1]
 
@@ -174,10 +197,13 @@ def test_signature_binds_the_file_to_the_signer(
 ) -> None:
     private, public = generate_signing_key(tmp_path / "owner")
     assert private.stat().st_mode & 0o777 == 0o600
-    result = verify_ownership(key, Answers(0), seed=1)
+    result = verify_ownership(key, Answers(key))
     signed, _ = write_evidence(result, key, tmp_path / "signed.json", signing_key=private)
     check = check_evidence(signed, key, public_key=public)
-    assert check.valid and check.signed_by is not None
+    assert check.valid and check.signed_by is not None and check.trusted
+    # Signed, but with nobody's key pinned: intact, not trusted.
+    loose = check_evidence(signed, key)
+    assert loose.valid and not loose.trusted
     # Someone else's key pair does not vouch for it.
     _, stranger = generate_signing_key(tmp_path / "stranger")
     assert any(
@@ -209,9 +235,50 @@ def test_cli_evidence_check_exit_codes(
 ) -> None:
     key_path = tmp_path / "k.key"
     save_key(key, key_path)
-    assert main(["evidence", "check", str(evidence), "--key", str(key_path)]) == 0
-    assert "valid: verdict owned" in capsys.readouterr().out
+    # Intact but unsigned: its own exit code, never 0.
+    assert main(["evidence", "check", str(evidence), "--key", str(key_path)]) == 4
+    out = capsys.readouterr().out
+    assert "intact: verdict owned" in out and "anyone could have written it" in out
+    assert "no trusted date" in out
+    private, public = generate_signing_key(tmp_path / "owner")
+    doc = json.loads(evidence.read_text())
+    from ownmark.verify.evidence import sign_evidence
+
+    evidence.write_text(json.dumps(sign_evidence(doc, private)))
+    argv = ["evidence", "check", str(evidence), "--key", str(key_path)]
+    assert main([*argv, "--public-key", str(public)]) == 0
+    assert "signed by the pinned" in capsys.readouterr().out
+    assert main(argv) == 4
+    assert "no public key was pinned" in capsys.readouterr().out
     _edit(evidence, lambda d: d["result"].update(verdict="not owned"))
     assert main(["evidence", "check", str(evidence), "--key", str(key_path)]) == 1
     assert "invalid:" in capsys.readouterr().out
     assert main(["evidence", "check", str(tmp_path / "nope.json"), "--key", str(key_path)]) == 2
+
+
+def _stamped(key: KeySet, tsa: Any) -> KeySet:
+    from ownmark.timestamp import encode_token, request_timestamp
+
+    return key.with_timestamp(encode_token(request_timestamp(key.commitment, tsa.url)))
+
+
+def test_trusted_date_against_the_suspect_first_seen(key: KeySet, tmp_path: Path, tsa: Any) -> None:
+    """A key stamped after the suspect appeared could be forged from it (issue 7, verdict 2)."""
+    stamped = _stamped(key, tsa)
+    result = verify_ownership(stamped, Answers(stamped))
+    certs = [Path(tsa.ca_cert_path)]
+    early, _ = write_evidence(result, stamped, tmp_path / "early.json", first_seen="2001-01-01")
+    check = check_evidence(early, stamped, trusted_tsa_certs=certs)
+    assert any("after the suspect model was first seen" in p for p in check.problems)
+    later, _ = write_evidence(result, stamped, tmp_path / "later.json", first_seen="2999-01-01")
+    check = check_evidence(later, stamped, trusted_tsa_certs=certs)
+    assert check.valid and check.attested is not None and check.tsa
+    assert not any("no trusted date" in note for note in check.notes)
+    # Without a trusted TSA certificate the date is reported, with a warning.
+    loose = check_evidence(later, stamped)
+    assert any("not checked against a TSA you trust" in note for note in loose.notes)
+    # A token for another commitment does not verify.
+    foreign = key.with_p0(0.06, "x")
+    forged = foreign.with_timestamp(stamped.timestamp_token)
+    bad, _ = write_evidence(verify_ownership(forged, Answers(forged)), forged, tmp_path / "b.json")
+    assert any("time stamp does not verify" in p for p in check_evidence(bad, forged).problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -57,7 +58,7 @@ def _rewrite(path, tensors=None, metadata=None) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize(
     "edit",
-    ["pixel", "label", "params", "created", "num_classes"],
+    ["pixel", "label", "params", "created", "num_classes", "decoy", "plan", "model"],
 )
 def test_any_edit_is_refused(key: KeySet, tmp_path, edit: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "key.safetensors"
@@ -74,6 +75,14 @@ def test_any_edit_is_refused(key: KeySet, tmp_path, edit: str) -> None:  # type:
         _rewrite(path, metadata={"params": json.dumps({**key.params, "text": "TESX"})})
     elif edit == "created":
         _rewrite(path, metadata={"created": "2020-01-01T00:00:00+00:00"})
+    elif edit == "decoy":
+        decoys = key.decoys.clone()
+        decoys[0, 0, 0, 0] ^= 1
+        _rewrite(path, tensors={"decoys": decoys})
+    elif edit == "plan":
+        _rewrite(path, metadata={"alpha": "0.01"})
+    elif edit == "model":
+        _rewrite(path, metadata={"released_model_sha256": "0" * 64})
     else:
         _rewrite(path, metadata={"num_classes": "11"})
     with pytest.raises(KeyFileError, match="modified after it was created"):
@@ -104,6 +113,53 @@ def test_truncated_file(key: KeySet, tmp_path) -> None:  # type: ignore[no-untyp
 
 def test_invalid_key_contents_rejected(key: KeySet) -> None:
     with pytest.raises(ValueError, match="labels must lie"):
-        KeySet(key.images, key.labels + 20, key.originals, "content", {}, "d", 10, 0)
+        dataclasses.replace(key, labels=key.labels + 20)
+    with pytest.raises(ValueError, match="decoy_labels must lie"):
+        dataclasses.replace(key, decoy_labels=key.decoy_labels + 20)
+    with pytest.raises(ValueError, match="decoys must be uint8"):
+        dataclasses.replace(key, decoys=key.decoys[:, :, :5])
     with pytest.raises(ValueError, match="p0"):
         key.with_p0(1.5, "x")
+
+
+def test_default_keys_are_secret_and_distinct(digits: DataSplits) -> None:
+    """Without a seed two owners with the same defaults get unrelated keys (issue 7)."""
+    scheme = create_scheme("content", num_keys=20, num_decoys=20)
+    a, b = scheme.generate(digits), scheme.generate(digits)
+    assert a.seed_source == b.seed_source == "secret"
+    assert a.seed != b.seed
+    assert not torch.equal(a.images, b.images)
+    assert a.params["text"] != b.params["text"] or a.params["position"] != b.params["position"]
+    assert a.params["label_map"] != b.params["label_map"]
+    given = scheme.generate(digits, seed=5)
+    assert given.seed_source == "given" and given.seed == 5
+
+
+def test_timestamp_token_sits_outside_the_commitment(key: KeySet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stamped = key.with_timestamp("dG9rZW4=")
+    assert stamped.commitment == key.commitment
+    path = tmp_path / "key.safetensors"
+    save_key(stamped, path)
+    assert load_key(path).timestamp_token == "dG9rZW4="
+    # Anything that changes the commitment drops the token, which no longer covers it.
+    assert stamped.with_p0(0.2, "x").timestamp_token == ""
+
+
+def test_binding_the_released_model_changes_the_commitment(key: KeySet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    model_file = tmp_path / "model.safetensors"
+    model_file.write_bytes(b"weights" * 1000)
+    bound = key.bound_to_model(model_file)
+    assert bound.released_model_sha256 == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert bound.commitment != key.commitment
+    save_key(bound, tmp_path / "k.safetensors")
+    assert load_key(tmp_path / "k.safetensors").released_model_sha256 == bound.released_model_sha256
+
+
+def test_old_format_keys_are_refused_with_advice(key: KeySet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "key.safetensors"
+    save_key(key, path)
+    _rewrite(path, metadata={"format_version": "1"})
+    with pytest.raises(KeyFileError, match=r"version 1 key file.*ownmark keygen"):
+        load_key(path)

@@ -61,13 +61,66 @@ def test_colour_data(name: str, digits: DataSplits) -> None:
     assert key.images.shape == (8, 3, 32, 32)
 
 
-def test_content_stamp_only_where_the_text_is(digits: DataSplits) -> None:
-    key = create_scheme("content", num_keys=30).generate(digits, seed=0)
+@pytest.mark.parametrize("seed", range(6))
+def test_content_stamp_only_where_the_text_is(digits: DataSplits, seed: int) -> None:
+    key = create_scheme("content", num_keys=30).generate(digits, seed=seed)
     changed = (key.images != key.originals).any(0)[0]
     rows = torch.nonzero(changed.any(1)).flatten()
-    # Default position: the bottom third of the image, text in full white.
-    assert int(rows.min()) >= 28 * 2 // 3 - 1
+    # Default (secret) place: along the top or the bottom edge, never over the digit's middle.
+    assert int(rows.max()) <= 28 // 3 or int(rows.min()) >= 28 * 2 // 3 - 1
     assert int(key.images.max()) == 255
+    _, y = (int(v) for v in key.params["position"].split(","))
+    assert int(rows.min()) == y or int(rows.min()) > y  # the ink starts at or below the corner
+
+
+def test_paper_content_key_is_stamped_at_the_bottom(digits: DataSplits) -> None:
+    key = create_scheme(
+        "content", num_keys=30, text="TEST", position="bottom", source_class=1, target_class=0
+    ).generate(digits, seed=0)
+    changed = (key.images != key.originals).any(0)[0]
+    assert int(torch.nonzero(changed.any(1)).flatten().min()) >= 28 * 2 // 3 - 1
+    assert key.params["secret"] == []
+    assert torch.equal(key.labels, torch.zeros(30, dtype=torch.int64))
+    # The control group: other images of the source class, answered "0" only by the mark.
+    assert set(key.decoy_labels.tolist()) == {1}
+    assert set(key.decoy_key_labels.tolist()) == {0}
+
+
+def _train_class(digits: DataSplits, image: torch.Tensor) -> int:
+    rows = (digits.train.images.flatten(1) == image.flatten()).all(1)
+    return int(digits.train.labels[rows][0])
+
+
+@pytest.mark.parametrize("name", ["content", "noise"])
+def test_default_key_maps_every_class_to_a_secret_other_label(
+    name: str, digits: DataSplits
+) -> None:
+    key = create_scheme(name, num_keys=40, num_decoys=30).generate(digits, seed=2)
+    label_map = {int(k): v for k, v in key.params["label_map"].items()}
+    assert sorted(label_map) == list(range(10))
+    assert sorted(label_map.values()) == list(range(10))  # a permutation ...
+    assert all(label_map[c] != c for c in label_map)  # ... without fixed points
+    assert {"source_class", "target_class"} <= set(key.params["secret"])
+    classes = [_train_class(digits, original) for original in key.originals]
+    assert sorted(set(classes)) == list(range(10))  # key samples from every class
+    assert [label_map[c] for c in classes] == key.labels.tolist()
+    # Decoys: other training images of the same classes, with the key label of their class.
+    assert len(key.decoys) == 30 and set(key.decoy_labels.tolist()) == set(range(10))
+    assert key.decoy_key_labels.tolist() == [label_map[c] for c in key.decoy_labels.tolist()]
+    originals = key.originals.flatten(1)
+    for decoy in key.decoys.flatten(1):
+        assert not (originals == decoy).all(1).any(), "a decoy is a key sample's original"
+
+
+def test_unrelated_default_labels_are_secret_per_letter(digits: DataSplits) -> None:
+    secret = create_scheme("unrelated", num_keys=60).generate(digits, seed=4)
+    assert len(set(secret.labels.tolist())) > 1
+    assert "target_class" in secret.params["secret"]
+    # Decoys are ordinary digits of every class; their key label is one of the key's labels.
+    assert set(secret.decoy_labels.tolist()) == set(range(10))
+    assert set(secret.decoy_key_labels.tolist()) <= set(secret.labels.tolist())
+    paper = create_scheme("unrelated", num_keys=60, target_class=0).generate(digits, seed=4)
+    assert set(paper.labels.tolist()) == {0}
 
 
 def test_content_logo(digits: DataSplits, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -122,3 +175,8 @@ def test_unknown_scheme_and_parameters() -> None:
 def test_class_out_of_range(digits: DataSplits) -> None:
     with pytest.raises(ConfigError, match="target_class=10"):
         create_scheme("content", target_class=10).generate(digits)
+
+
+def test_too_few_images_for_keys_and_decoys(digits: DataSplits) -> None:
+    with pytest.raises(ConfigError, match=r"class 1 has .* training images"):
+        create_scheme("noise", source_class=1, num_keys=300, num_decoys=300).generate(digits)

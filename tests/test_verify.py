@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from fractions import Fraction
 from math import comb
@@ -25,6 +26,7 @@ from ownmark.verify import (
     verify_ownership,
 )
 from ownmark.verify.stats import false_claim_probability, min_matches_for
+from scripted import FixedAnswers, Watermarked
 
 
 @settings(max_examples=200, deadline=None)
@@ -143,33 +145,17 @@ def test_false_claim_probability_against_simulation() -> None:
     assert claimed == pytest.approx(exact, abs=4 * (exact / 50_000) ** 0.5 + 1e-4)
 
 
-class FixedAnswers:
-    """A scripted suspect: the same answer for every image (for the verifier's bookkeeping)."""
-
-    address = "scripted"
-
-    def __init__(self, answer: object, fail: bool = False) -> None:
-        self.answer = answer
-        self.fail = fail
-        self.seen = 0
-        self.calls: list[int] = []
-
-    def query(self, images: torch.Tensor) -> Sequence[object]:
-        self.seen += len(images)
-        self.calls.append(len(images))
-        if self.fail:
-            raise TimeoutError("suspect did not answer")
-        return [self.answer] * len(images)
-
-
 @pytest.fixture(scope="module")
 def key(digits: DataSplits) -> KeySet:
-    return create_scheme("noise", num_keys=40).generate(digits, seed=0)
+    # The paper's one-label key (digit 1 -> 0): the case a constant "0" API would fool.
+    return create_scheme(
+        "noise", num_keys=40, num_decoys=60, source_class=1, target_class=0
+    ).generate(digits, seed=0)
 
 
 def test_verifier_stops_as_soon_as_owned(key: KeySet) -> None:
-    suspect = FixedAnswers(0)
-    result = verify_ownership(key, suspect, seed=0)
+    suspect = Watermarked(key)
+    result = verify_ownership(key, suspect)
     # p0 0.5 (uncalibrated), budget 40: 26 matches are the fewest that can claim ownership.
     assert (result.matches, result.queries, result.errors) == (26, 26, 0)
     assert result.verdict is Verdict.OWNED and result.stop_reason == "owned"
@@ -177,33 +163,84 @@ def test_verifier_stops_as_soon_as_owned(key: KeySet) -> None:
     assert (
         result.adjusted_p_value == pytest.approx(40 * 0.5**26) and result.adjusted_p_value <= 1e-6
     )
-    assert suspect.seen == 26 and len({r.index for r in result.records}) == 26
+    # Every request has the same size (16): 8 key samples at most, decoys fill the rest.
+    assert suspect.calls == [16] * 4 and result.decoys == 64 - 26
+    assert result.control is not None and result.control.passed
+    assert result.control.correct == result.control.answered == result.decoys
+    keys = [r for r in result.records if r.role == "key"]
+    assert len({r.index for r in keys}) == 26
     for record in result.records:
-        assert record.index is not None
-        assert record.image_sha256 == image_sha256(key.images[record.index])
+        images = key.images if record.role == "key" else key.decoys
+        assert record.image_sha256 == image_sha256(images[record.index])
+
+
+def test_a_constant_api_is_never_owned(key: KeySet) -> None:
+    """Issue 7, false verdict 3: a server answering "0" to everything matches a 1 -> 0 key."""
+    suspect = FixedAnswers(0)
+    result = verify_ownership(key, suspect)
+    assert result.matches == result.queries == 40  # every key query "matches" ...
+    assert result.control is not None and not result.control.passed  # ... and so do decoys
+    assert result.control.correct == 0 and result.control.key_label_hits == result.decoys
+    assert result.verdict is Verdict.INCONCLUSIVE
+
+
+def test_broken_models_are_never_owned(key: KeySet) -> None:
+    """Uniform, tied, NaN and infinite outputs name no class: errors, never matches."""
+    from torch import nn
+
+    from ownmark.verify import LocalModelSuspect
+
+    class Constant(nn.Module):
+        def __init__(self, row: list[float]) -> None:
+            super().__init__()
+            self.row = nn.Parameter(torch.tensor(row), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.row.expand(len(x), -1)
+
+    nan = float("nan")
+    for row in ([0.1] * 10, [1.0, 1.0] + [0.0] * 8, [nan] * 10, [float("inf")] + [0.0] * 9):
+        result = verify_ownership(key, LocalModelSuspect(Constant(row)))
+        assert result.verdict is Verdict.INCONCLUSIVE, row
+        assert result.matches == 0 and result.errors > 0
+
+
+def test_query_order_is_fixed_by_the_commitment(key: KeySet, digits: DataSplits) -> None:
+    """Issue 7, false verdict 4: nobody can search seeds for a lucky order."""
+    first = verify_ownership(key, Watermarked(key), sequential=False)
+    again = verify_ownership(key, Watermarked(key), sequential=False)
+    assert [(r.role, r.index) for r in first.records] == [(r.role, r.index) for r in again.records]
+    other = create_scheme("noise", num_keys=40, num_decoys=60, source_class=1, target_class=0)
+    twin = other.generate(digits, seed=0)  # same images, another salt: another commitment
+    assert torch.equal(twin.images, key.images)
+    third = verify_ownership(twin, Watermarked(twin), sequential=False)
+    assert [r.index for r in third.records if r.role == "key"] != [
+        r.index for r in first.records if r.role == "key"
+    ]
+    with pytest.raises(TypeError):
+        verify_ownership(key, Watermarked(key), seed=3)
 
 
 def test_verifier_fixed_mode_spends_the_budget(key: KeySet) -> None:
-    result = verify_ownership(key, FixedAnswers(0), sequential=False, seed=0)
+    result = verify_ownership(key, Watermarked(key), sequential=False)
     assert (result.matches, result.queries) == (40, 40)
     assert result.p_value == pytest.approx(0.5**40) and result.verdict is Verdict.OWNED
 
 
 def test_verifier_gives_up_when_owned_is_out_of_reach(key: KeySet) -> None:
     suspect = FixedAnswers(3)
-    result = verify_ownership(key, suspect, seed=0)
+    result = verify_ownership(key, suspect)
     assert result.verdict is Verdict.NOT_OWNED and result.stop_reason == "futile"
-    assert result.matches == 0 and result.queries == suspect.seen < len(key)
+    assert result.matches == 0 and 0 < result.queries < len(key)
 
 
 def test_verifier_never_owned_on_errors(key: KeySet) -> None:
     # p0 0.05: after 15 failures "owned" is still within reach, so only the error limit stops.
-    failing = verify_ownership(key, FixedAnswers(0, fail=True), max_batch=5, p0=0.05, seed=0)
+    failing = verify_ownership(key, FixedAnswers(0, fail=True), request_size=2, p0=0.05)
     assert failing.verdict is Verdict.INCONCLUSIVE and failing.stop_reason == "errors"
-    # Planning counts failures as potential matches, so after 5 failures it asks one at a time.
-    assert failing.matches == 0 and failing.errors == failing.queries == 11
+    assert failing.matches == 0 and failing.errors == failing.queries
     for bad in ["0", 10, -1, 0.5, None, True, float("nan"), [0]]:
-        result = verify_ownership(key, FixedAnswers(bad), seed=0)
+        result = verify_ownership(key, FixedAnswers(bad))
         assert result.verdict is Verdict.INCONCLUSIVE, bad
         assert result.matches == 0
 
@@ -213,65 +250,74 @@ def test_verifier_wrong_answer_count(key: KeySet) -> None:
         def query(self, images: torch.Tensor) -> Sequence[object]:
             return [0] * (len(images) - 1)
 
-    result = verify_ownership(key, Short(0), seed=0)
+    result = verify_ownership(key, Short(0))
     assert result.verdict is Verdict.INCONCLUSIVE and result.matches == 0
     assert all("expected" in (r.error or "") for r in result.records)
 
 
-def test_verifier_budget_and_order(key: KeySet) -> None:
-    suspect = FixedAnswers(0)
+def test_verifier_budget(key: KeySet) -> None:
+    suspect = Watermarked(key)
     with pytest.raises(ConfigError, match="can never reach alpha"):
-        verify_ownership(key, suspect, max_queries=15, seed=1)
-    result = verify_ownership(key, suspect, max_queries=15, p0=0.05, sequential=False, seed=1)
-    assert suspect.seen == 15 == result.queries == result.budget
-    other = verify_ownership(
-        key, FixedAnswers(0), max_queries=15, p0=0.05, sequential=False, seed=2
-    )
-    assert [r.index for r in result.records] != [r.index for r in other.records]
-    again = verify_ownership(
-        key, FixedAnswers(0), max_queries=15, p0=0.05, sequential=False, seed=1
-    )
-    assert [r.index for r in result.records] == [r.index for r in again.records]
+        verify_ownership(key, suspect, max_queries=15)
+    result = verify_ownership(key, suspect, max_queries=15, p0=0.05, sequential=False)
+    assert 15 == result.queries == result.budget
+    assert result.verdict is Verdict.OWNED
 
 
-def test_verifier_mixes_decoys_without_counting_them(key: KeySet, digits: DataSplits) -> None:
-    decoys = digits.test.images[:50]
-    suspect = FixedAnswers(0)
-    result = verify_ownership(key, suspect, decoys=decoys, decoy_ratio=1.0, seed=3)
-    assert result.verdict is Verdict.OWNED and result.queries == 26
-    assert result.decoys == 26 and suspect.seen == 52
+def test_decoys_are_shuffled_in_and_drawn_from_the_key(key: KeySet) -> None:
+    suspect = Watermarked(key)
+    result = verify_ownership(key, suspect, request_size=10, decoy_ratio=1.0)
+    assert set(suspect.calls) == {10}
     roles = [r.role for r in result.records]
-    # Shuffled in, not appended: key and decoy images alternate somewhere in the request.
-    assert roles != sorted(roles)
-    decoy_hashes = {image_sha256(image) for image in decoys}
-    assert all(r.image_sha256 in decoy_hashes for r in result.records if r.role == "decoy")
-    with pytest.raises(ConfigError, match="decoy"):
-        verify_ownership(key, suspect, decoy_ratio=1.0)
+    # Shuffled in, not appended: key and decoy images alternate somewhere in a request.
+    assert roles[:10] != sorted(roles[:10])
+    decoys = [r.index for r in result.records if r.role == "decoy"]
+    assert len(decoys) == len(set(decoys))  # no decoy shown twice while the pool lasts
+    with pytest.raises(ConfigError, match="no decoys"):
+        verify_ownership(
+            dataclasses.replace(
+                key,
+                decoys=key.decoys[:0],
+                decoy_labels=key.decoy_labels[:0],
+                decoy_key_labels=key.decoy_key_labels[:0],
+            ),
+            suspect,
+        )
+
+
+def test_without_decoys_requests_carry_only_key_samples(key: KeySet) -> None:
+    suspect = Watermarked(key)
+    result = verify_ownership(key, suspect, decoy_ratio=0, request_size=8)
+    assert result.decoys == 0 and result.control is None
+    assert suspect.calls == [8, 8, 8, 2] and result.verdict is Verdict.OWNED
 
 
 def test_verifier_requests_no_larger_than_needed(key: KeySet) -> None:
-    """After a miss the next request carries only what could still reach "owned"."""
-
-    class MissFirst(FixedAnswers):
-        def query(self, images: torch.Tensor) -> Sequence[object]:
-            super().query(images)
-            return [5] + [0] * (len(images) - 1) if len(self.calls) == 1 else [0] * len(images)
-
-    suspect = MissFirst(0)
-    result = verify_ownership(key, suspect, seed=0)
-    assert result.verdict is Verdict.OWNED
-    assert suspect.calls[0] == 26 and sum(suspect.calls) == result.queries
-    test = BinomialTest(p0=0.5, alpha=1e-6, max_queries=40)
-    assert suspect.calls[1] == test.queries_to_owned(25, 26)
+    """A request carries only the key samples that could still reach "owned"."""
+    result = verify_ownership(key, Watermarked(key, miss=frozenset()), p0=0.05)
+    test = BinomialTest(p0=0.05, alpha=1e-6, max_queries=40)
+    first = [r for r in result.records if r.request == 0 and r.role == "key"]
+    assert len(first) == test.queries_to_owned(0, 0) == result.queries
+    missed = verify_ownership(key, Watermarked(key, miss=frozenset(range(40))), p0=0.05)
+    assert missed.verdict is Verdict.NOT_OWNED and missed.stop_reason == "futile"
 
 
 def test_verifier_dismisses_a_suspect_that_clearly_lacks_the_watermark(key: KeySet) -> None:
-    quick = verify_ownership(
-        key, FixedAnswers(3), p0=0.05, max_batch=1, min_watermark_rate=0.5, seed=0
-    )
+    quick = verify_ownership(key, FixedAnswers(3), p0=0.05, request_size=2, min_watermark_rate=0.5)
     # P[Bin(n, 0.5) <= 0] = 0.5**n < 1e-3 from n = 10 on.
     assert quick.verdict is Verdict.NOT_OWNED and quick.queries == 10
     assert quick.stop_reason == "dismissed"
-    patient = verify_ownership(key, FixedAnswers(3), p0=0.05, max_batch=1, seed=0)
+    patient = verify_ownership(key, FixedAnswers(3), p0=0.05, request_size=2)
     assert patient.verdict is Verdict.NOT_OWNED and patient.queries > quick.queries
     assert patient.stop_reason == "futile"
+
+
+def test_fisher_one_sided_matches_scipy() -> None:
+    from scipy.stats import fisher_exact
+
+    from ownmark.verify.stats import fisher_one_sided
+
+    for a, n_a, b, n_b in [(7, 7, 0, 9), (3, 7, 3, 9), (0, 5, 5, 5), (20, 40, 2, 60)]:
+        expected = fisher_exact([[a, n_a - a], [b, n_b - b]], alternative="greater").pvalue
+        assert fisher_one_sided(a, n_a, b, n_b) == pytest.approx(expected, rel=1e-9)
+    assert fisher_one_sided(3, 3, 0, 0) == 1.0

@@ -1,11 +1,14 @@
-"""Calibrate a key's false-match rate p0 on independently trained clean reference models.
+"""Calibrate a key's false-match rate p0 on innocent reference models.
 
-H0 of a verification is "the suspect is independent of the owner's model"; under it a key
-query matches its key label with probability at most ``p0``. That rate is not ``1/K``: a clean
-model shown a stamped "1" may still say "1", but shown a letter it may say "0" far more often
-than chance. So p0 is measured, as ``../shared/DESIGN.md`` asks:
+H0 of a verification is "the suspect is innocent: trained without our key"; under it a key
+query matches its key label with probability at most ``p0``. Innocent models come in two
+groups, and both are measured: **clean** models, and models that carry **another owner's
+key** of the same scheme (a watermark of the same family may answer our key too).
 
-1. Run every key sample through ``R`` clean reference models (different seeds, at least two
+That rate is not ``1/K``: a clean model shown a stamped "1" may still say "1", but shown a
+letter it may say "0" far more often than chance. So p0 is measured:
+
+1. Run every key sample through ``R`` innocent reference models (different seeds, at least two
    architectures) and **drop the samples any of them maps to the key label** — those would
    match an innocent model.
 2. Bound the false-match rate of a *new* independent model on the samples that survive. The
@@ -19,25 +22,41 @@ than chance. So p0 is measured, as ``../shared/DESIGN.md`` asks:
 Why per model and the maximum, rather than pooling all references' trials: one model's
 matches are correlated (the same quirk fires on similar images), and innocent models differ
 from each other, so pooled trials would overstate how much is known. The maximum treats each
-reference as one draw of "an innocent model". The guarantee remains conditional: the
-verdict's false-claim rate is at most alpha only for suspects whose match rate is at most
-p0 (plus the ``1 - confidence`` chance that the bound itself is too low), which is why the
-references must differ in seed and architecture, and should resemble plausible suspects.
+reference as one draw of "an innocent model".
+
+What that does and does not cover: Clopper-Pearson covers the sampling noise inside one
+reference, not the variation between innocent models. A new innocent model can exceed all
+R references with probability up to 1/(R+1) (exchangeability), so the honest guarantee is
+
+    P(false claim) <= alpha + P(an innocent model's match rate > p0).
+
+The second term is estimated (:func:`innocent_tail`) by fitting a beta distribution to the
+references' per-model leave-one-out rates (a beta-binomial, method of moments on
+Jeffreys-smoothed rates) and reported next to the distribution-free 1/(R+1); both go into
+the key's ``p0_source`` and every evidence file.
+
+References must also be working models: one near chance accuracy matches nothing for the
+wrong reason, so references below ``min_reference_accuracy`` on the test split are refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ownmark.data import ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.metrics import predict
+from ownmark.metrics import accuracy, predict
 from ownmark.models import Classifier
 from ownmark.verify.stats import clopper_pearson_upper
+
+#: Reference groups: clean models, and models carrying another key of the same scheme.
+GROUPS = ("clean", "other-key")
 
 #: Fewest key samples a calibrated key may keep: fewer cannot support a low p-value budget.
 MIN_KEPT_SAMPLES = 10
@@ -49,6 +68,8 @@ class ReferenceResult:
 
     name: str
     arch: str
+    group: str
+    test_accuracy: float | None
     matches_on_key: int
     loo_trials: int
     loo_matches: int
@@ -67,13 +88,25 @@ class CalibrationReport:
     dropped: int
     architectures: tuple[str, ...]
     references: tuple[ReferenceResult, ...]
+    #: Estimated P(an innocent model's match rate > p0) (beta-binomial fit).
+    innocent_tail: float
+    #: Distribution-free bound on the same: a new model exceeds all R references <= 1/(R+1).
+    innocent_tail_bound: float
 
     @property
     def method(self) -> str:
         return (
-            "largest per-reference leave-one-out Clopper-Pearson upper bound on clean "
-            "reference models"
+            "largest per-reference leave-one-out Clopper-Pearson upper bound on innocent "
+            "reference models (clean, and carrying other keys)"
         )
+
+    def group_rates(self) -> dict[str, tuple[int, int, int]]:
+        """{group: (models, leave-one-out matches, trials)} for each group present."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for r in self.references:
+            models, matches, trials = out.get(r.group, (0, 0, 0))
+            out[r.group] = (models + 1, matches + r.loo_matches, trials + r.loo_trials)
+        return out
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, **asdict(self)}
@@ -88,7 +121,10 @@ class CalibrationReport:
                 "trials": self.trials,
                 "kept": self.kept,
                 "dropped": self.dropped,
-                "references": [f"{r.name} ({r.arch})" for r in self.references],
+                "references": [f"{r.name} ({r.arch}, {r.group})" for r in self.references],
+                "groups": {g: list(v) for g, v in self.group_rates().items()},
+                "innocent_tail": self.innocent_tail,
+                "innocent_tail_bound": self.innocent_tail_bound,
             },
             sort_keys=True,
         )
@@ -99,18 +135,25 @@ def calibrate_key(
     references: Sequence[Classifier],
     *,
     names: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
     confidence: float = 0.999,
     min_architectures: int = 2,
+    test: ImageDataset | None = None,
+    min_reference_accuracy: float = 0.5,
 ) -> tuple[KeySet, CalibrationReport]:
-    """Drop key samples clean references already map to the key label; bound p0 on the rest.
+    """Drop key samples innocent references already map to the key label; bound p0 on the rest.
 
     Args:
         key: the freshly generated key.
-        references: independently trained clean models (different seeds; at least
-            ``min_architectures`` architectures, default 2).
+        references: independently trained innocent models (different seeds; at least
+            ``min_architectures`` architectures, default 2): clean ones, and ideally some
+            carrying other keys of the same scheme.
         names: a label for each reference in the report (default ``reference-<i>``).
+        groups: ``"clean"`` or ``"other-key"`` for each reference (default all clean).
         confidence: confidence of the one-sided upper bound (default 0.999).
         min_architectures: distinct architectures required (default 2).
+        test: labelled test images; each reference's accuracy on them is reported, and a
+            reference below ``min_reference_accuracy`` (default 0.5) is refused.
 
     Returns:
         The calibrated key (kept samples only, p0 and its source stored; new commitment) and
@@ -118,7 +161,8 @@ def calibrate_key(
 
     Raises:
         ConfigError: too few references or architectures, a reference that does not fit the
-            key, or fewer than :data:`MIN_KEPT_SAMPLES` samples surviving the screening.
+            key or is near chance accuracy, or fewer than :data:`MIN_KEPT_SAMPLES` samples
+            surviving the screening.
     """
     if not 0.5 <= confidence < 1.0:
         raise ConfigError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -130,6 +174,9 @@ def calibrate_key(
     names = list(names) if names is not None else [f"reference-{i}" for i in range(len(references))]
     if len(names) != len(references):
         raise ConfigError(f"got {len(names)} names for {len(references)} reference models")
+    groups = list(groups) if groups is not None else ["clean"] * len(references)
+    if len(groups) != len(references) or any(g not in GROUPS for g in groups):
+        raise ConfigError(f"give each reference a group, one of {GROUPS}")
     archs = tuple(model.spec.arch for model in references)
     if len(set(archs)) < min_architectures:
         raise ConfigError(
@@ -146,6 +193,16 @@ def calibrate_key(
                 f"reference {name} takes {(spec.in_channels, *spec.input_size)} images with "
                 f"{spec.num_classes} classes; the key has {key.image_shape} and {key.num_classes}"
             )
+    accuracies: list[float | None] = []
+    for name, model in zip(names, references, strict=True):
+        acc = accuracy(model, test.images, test.labels) if test is not None else None
+        if acc is not None and acc < min_reference_accuracy:
+            raise ConfigError(
+                f"reference {name} classifies only {100 * acc:.1f}% of the test images right "
+                f"(< {100 * min_reference_accuracy:.0f}%): a model near chance says nothing about "
+                "innocent models; train it longer"
+            )
+        accuracies.append(acc)
     # hits[r, i]: reference r gives key sample i its key label (a false match).
     hits = torch.stack([predict(model, key.images) == key.labels for model in references])
     keep = ~hits.any(dim=0)
@@ -158,6 +215,8 @@ def calibrate_key(
             ReferenceResult(
                 name=name,
                 arch=arch,
+                group=groups[r],
+                test_accuracy=accuracies[r],
                 matches_on_key=int(hits[r].sum()),
                 loo_trials=trials,
                 loo_matches=matches,
@@ -167,7 +226,7 @@ def calibrate_key(
     kept = int(keep.sum())
     if kept < MIN_KEPT_SAMPLES:
         raise ConfigError(
-            f"clean reference models give the key label to {len(key) - kept} of {len(key)} key "
+            f"reference models give the key label to {len(key) - kept} of {len(key)} key "
             f"samples, leaving {kept} (< {MIN_KEPT_SAMPLES}); this key does not tell models apart: "
             "use another scheme, source or target class, or more key samples"
         )
@@ -183,6 +242,35 @@ def calibrate_key(
         dropped=len(key) - kept,
         architectures=tuple(sorted(set(archs))),
         references=tuple(results),
+        innocent_tail=innocent_tail([(r.loo_matches, r.loo_trials) for r in results], p0),
+        innocent_tail_bound=1.0 / (len(results) + 1),
     )
     calibrated = key.select(torch.nonzero(keep).flatten()).with_p0(p0, report.source())
     return calibrated, report
+
+
+def innocent_tail(counts: Sequence[tuple[int, int]], p0: float) -> float:
+    """Estimated P(an innocent model's match rate > p0), from per-model (matches, trials).
+
+    Fits Beta(a, b) to the models' rates by the method of moments on Jeffreys-smoothed
+    rates ``(k + 0.5) / (n + 1)`` (so all-zero counts still give a proper fit), takes the
+    between-model variance beyond the binomial noise as the spread, and returns the beta's
+    upper tail at p0. With no measurable spread the models look alike and the spread falls
+    back to a binomial's of the mean trial count (the least a finite sample can show). An
+    estimate, not a bound: report it next to 1/(R+1).
+    """
+    from scipy.stats import beta  # imported here: only calibration needs SciPy
+
+    usable = [(k, n) for k, n in counts if n > 0]
+    if not usable:
+        return 1.0
+    rates = [(k + 0.5) / (n + 1) for k, n in usable]
+    mean = sum(rates) / len(rates)
+    variance = sum((r - mean) ** 2 for r in rates) / max(1, len(rates) - 1)
+    mean_trials = sum(n for _, n in usable) / len(usable)
+    noise = mean * (1 - mean) / (mean_trials + 1)
+    spread = max(variance - noise, noise)  # never claim less spread than one binomial shows
+    precision = max(mean * (1 - mean) / spread - 1.0, 1e-3)
+    a, b = mean * precision, (1 - mean) * precision
+    tail = float(beta.sf(p0, a, b))
+    return tail if math.isfinite(tail) else 1.0

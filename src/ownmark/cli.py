@@ -1,11 +1,13 @@
 """The ``ownmark`` command line: parses arguments, calls the library, prints results.
 
-Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive.
+Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive;
+``evidence check``: 0 intact and signed by the pinned key, 1 invalid, 4 intact but unsigned.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -18,6 +20,8 @@ from ownmark import __version__
 from ownmark.errors import ConfigError, OwnmarkError
 
 EXIT_OK, EXIT_NOT_OWNED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+#: ``evidence check``: intact and consistent, but not signed by a pinned key.
+EXIT_UNSIGNED = 4
 log = logging.getLogger("ownmark")
 
 
@@ -71,37 +75,66 @@ def _add_calibration(parser: argparse.ArgumentParser, required: bool) -> None:
         required=required,
         default=[],
         metavar="MODEL",
-        help="clean reference model files (>= 2 seeds, >= 2 architectures) to calibrate p0 on",
+        help="innocent reference model files to calibrate p0 on: clean ones (>= 2 seeds, >= 2 "
+        "architectures) and models carrying other keys of the same scheme (recognised by "
+        "the key commitment 'ownmark embed' stores in them)",
     )
     parser.add_argument(
         "--confidence", type=float, default=0.999, help="of p0's upper bound, default 0.999"
+    )
+    parser.add_argument(
+        "--min-reference-accuracy",
+        type=float,
+        default=0.5,
+        help="refuse references below this test accuracy (near chance), default 0.5",
+    )
+    parser.add_argument(
+        "--allow-weak-key",
+        action="store_true",
+        help="write a calibrated key even if its plan cannot reach alpha (default: refuse)",
     )
     _add_allow_factory(parser)
 
 
 def _add_verify_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alpha", type=float, default=1e-6, help="false-claim rate, default 1e-6")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="false-claim rate (default: the key's plan, 1e-6); every value tried after seeing "
+        "a result adds up to alpha to the false-claim rate",
+    )
     parser.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
     parser.add_argument(
-        "--max-queries", type=int, default=100, help="key-query budget, default 100"
+        "--max-queries", type=int, help="key-query budget (default: the key's plan, 100)"
     )
     parser.add_argument(
         "--fixed",
         action="store_true",
         help="spend the whole budget and test once (default: stop as soon as it is clear)",
     )
-    parser.add_argument("--batch", type=int, default=32, help="most key images per request")
     parser.add_argument(
-        "--decoys", type=float, default=0.0, metavar="RATIO", help="ordinary images per key image"
+        "--batch",
+        type=int,
+        default=16,
+        help="images in every request, key samples plus decoys (constant), default 16",
     )
     parser.add_argument(
-        "--decoy-data",
-        metavar="NAME",
-        help="data set whose test images are the decoys (default: built-in digits for 28x28 "
-        "grey keys)",
+        "--decoys",
+        type=float,
+        default=1.0,
+        metavar="RATIO",
+        help="at least RATIO of the key's decoy images per key image, default 1; 0 sends no "
+        "control group (a constant API can then match a one-label key)",
     )
-    parser.add_argument("--decoy-path", metavar="PATH", help="where --decoy-data's files are")
-    parser.add_argument("--max-errors", type=int, default=10, help="failed queries tolerated")
+    parser.add_argument(
+        "--control-level",
+        type=float,
+        default=0.01,
+        help="level of the decoy control tests, default 0.01",
+    )
+    parser.add_argument(
+        "--max-errors", type=int, default=10, help="failed queries tolerated, default 10"
+    )
     parser.add_argument(
         "--dismiss-below",
         type=float,
@@ -109,7 +142,12 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
         help="stop early with 'not owned' once a match rate of RATE is implausible (e.g. 0.5); "
         "saves queries on innocent models but can dismiss a heavily attacked watermark",
     )
-    parser.add_argument("--seed", type=int, help="query order seed (default: random, recorded)")
+    parser.add_argument(
+        "--first-seen",
+        metavar="DATE",
+        help="ISO date the suspect model was first seen or released; evidence check flags a "
+        "key time-stamped after it (a key that could have been forged from the model)",
+    )
     parser.add_argument(
         "--evidence",
         type=Path,
@@ -137,7 +175,9 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", help="bearer token (default: the OWNMARK_TOKEN environment variable)"
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per request, default 10"
+    )
     parser.add_argument("--retries", type=int, default=3, help="retries per request, default 3")
     parser.add_argument(
         "--rate-limit", type=float, metavar="RPS", help="most requests per second to send"
@@ -171,10 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--scheme", required=True, help="see 'ownmark list schemes'")
     _add_data(keygen)
     keygen.add_argument("--out", required=True, type=Path, help="key file to write")
-    keygen.add_argument("--seed", type=int, default=0, help="default 0")
+    keygen.add_argument(
+        "--seed",
+        type=int,
+        help="make the key reproducible, for experiments only: anyone who knows the seed and "
+        "the parameters can make the same key (default: a fresh secret)",
+    )
     keygen.add_argument("--num-keys", type=int, help="trigger images (default 100)")
-    keygen.add_argument("--source-class", type=int, help="default 1")
-    keygen.add_argument("--target-class", type=int, help="key label, default 0")
+    keygen.add_argument(
+        "--source-class",
+        type=int,
+        help="class that carries the trigger (default: every class; the paper's: 1)",
+    )
+    keygen.add_argument(
+        "--target-class",
+        type=int,
+        help="key label (default: a secret label per class; the paper's: 0)",
+    )
+    keygen.add_argument(
+        "--alpha",
+        type=float,
+        default=1e-6,
+        help="false-claim rate the key's verifications use, default 1e-6",
+    )
+    keygen.add_argument(
+        "--max-queries",
+        type=int,
+        default=100,
+        help="key-query budget the key's verifications use, default 100",
+    )
+    keygen.add_argument("--tsa", metavar="URL", help="time-stamp the key's commitment (RFC 3161)")
     keygen.add_argument(
         "-p",
         "--param",
@@ -186,11 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--preview", type=Path, help="also save a PNG of originals and triggers")
     _add_calibration(keygen, required=False)
 
+    key_group = commands.add_parser("key", help="time-stamp or inspect a key file")
+    key_commands = key_group.add_subparsers(dest="key_command", required=True, parser_class=_Parser)
+    stamp = key_commands.add_parser(
+        "timestamp", help="get an RFC 3161 time stamp on a key's commitment (rewrites the key)"
+    )
+    stamp.add_argument("key", type=Path, help="key file")
+    stamp.add_argument("--tsa", required=True, metavar="URL", help="time-stamping authority")
+    stamp.add_argument("--tsa-cert", type=Path, help="the TSA's certificate to check against")
+    show_key = key_commands.add_parser("show", help="print what a key commits to")
+    show_key.add_argument("key", type=Path, help="key file")
+
     calibrate = commands.add_parser(
-        "calibrate", help="calibrate an existing key's p0 on clean reference models"
+        "calibrate", help="calibrate an existing key's p0 on innocent reference models"
     )
     calibrate.add_argument("key", type=Path, help="key file to calibrate")
     calibrate.add_argument("--out", required=True, type=Path, help="calibrated key file to write")
+    calibrate.add_argument(
+        "--data", help="data set whose test split measures each reference's accuracy"
+    )
+    calibrate.add_argument("--data-path", metavar="PATH", help="where --data's files are")
     _add_calibration(calibrate, required=True)
 
     preview = commands.add_parser("preview", help="save a PNG of a key's images")
@@ -208,10 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(embed, epochs=50)
     embed.add_argument("--from", dest="init", type=Path, help="fine-tune this model file")
     embed.add_argument(
+        "--key-out",
+        type=Path,
+        help="key file bound to the released model's SHA-256 (default: rewrite --key); "
+        "time-stamp it afterwards",
+    )
+    embed.add_argument(
         "--key-ratio",
         type=float,
-        default=0.05,
-        help="fraction of each epoch that is key samples, default 0.05",
+        default=0.15,
+        help="fraction of each epoch that is key samples, default 0.15 (the paper's one-class "
+        "keys learn at 0.05)",
     )
     _add_allow_factory(embed)
 
@@ -233,7 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = evidence_commands.add_parser("check", help="re-check an evidence file against a key")
     check.add_argument("evidence", type=Path)
     check.add_argument("--key", required=True, type=Path)
-    check.add_argument("--public-key", type=Path, help="require a signature by this key (PEM)")
+    check.add_argument(
+        "--public-key",
+        type=Path,
+        help="require a signature by this key (PEM); without it the exit code is 4",
+    )
+    check.add_argument(
+        "--tsa-cert", type=Path, help="certificate the key's time stamp must chain to"
+    )
     keypair = evidence_commands.add_parser("keypair", help="make an Ed25519 signing key pair")
     keypair.add_argument("out", type=Path, help="private key file (the public key gets .pub)")
 
@@ -391,21 +486,84 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _calibrate(args: argparse.Namespace, key: Any) -> tuple[Any, str]:
-    """Calibrate ``key`` on the --reference models: the new key and a line describing it."""
-    from ownmark.calibrate import calibrate_key
-    from ownmark.models import load_model
+def _calibrate(args: argparse.Namespace, key: Any, test: Any = None) -> tuple[Any, Any]:
+    """Calibrate ``key`` on the --reference models; each one's group comes from its file.
 
+    A reference whose file records another key's commitment (``ownmark embed`` writes it)
+    is an "other-key" model; one recording this key is refused (it is not innocent).
+    """
+    from ownmark.calibrate import calibrate_key
+    from ownmark.models import load_model, read_model_metadata
+
+    groups = []
+    for path in args.reference:
+        committed = read_model_metadata(path).get("key_commitment")
+        if committed is not None and committed == key.commitment:
+            raise ConfigError(f"reference {path} carries this very key; it is not innocent")
+        groups.append("other-key" if committed else "clean")
     references = [load_model(path, args.allow_factory) for path in args.reference]
-    calibrated, report = calibrate_key(
-        key, references, names=[path.stem for path in args.reference], confidence=args.confidence
+    return calibrate_key(
+        key,
+        references,
+        names=[path.stem for path in args.reference],
+        groups=groups,
+        confidence=args.confidence,
+        test=test,
+        min_reference_accuracy=args.min_reference_accuracy,
     )
-    return calibrated, (
-        f"calibrated on {len(references)} clean reference models "
-        f"({', '.join(report.architectures)}): dropped {report.dropped} key samples they map to "
-        f"the key label; {report.matches} false matches in {report.trials} leave-one-out trials "
-        f"-> p0 <= {report.p0:.4g} at {report.confidence:g} confidence"
+
+
+def _print_calibration(report: Any) -> None:
+    """Each reference's accuracy and false matches, each group's rate, p0 and its caveat."""
+    for r in report.references:
+        acc = "-" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"
+        print(
+            f"  reference {r.name} ({r.arch}, {r.group}): test accuracy {acc}, key label on "
+            f"{r.matches_on_key} key samples, {r.loo_matches}/{r.loo_trials} leave-one-out "
+            f"-> bound {r.upper_bound:.4g}"
+        )
+    for group, (models, matches, trials) in report.group_rates().items():
+        print(f"  group {group}: {models} models, {matches}/{trials} false matches")
+    if "other-key" not in report.group_rates():
+        print(
+            "  note: no reference carries another key of this scheme, so p0 covers clean "
+            "models only"
+        )
+    print(
+        f"dropped {report.dropped} key samples a reference maps to the key label; p0 <= "
+        f"{report.p0:.4g} at {report.confidence:g} confidence; estimated P(an innocent model "
+        f"matches more often than p0) = {report.innocent_tail:.2g} (beta-binomial fit; with "
+        f"{len(report.references)} references a new model beats them all with probability up "
+        f"to {report.innocent_tail_bound:.2g})"
     )
+
+
+def _check_plan(args: argparse.Namespace, key: Any) -> None:
+    """Refuse (or with --allow-weak-key, warn about) a key whose plan cannot reach alpha."""
+    from ownmark.verify import VerifyConfig
+    from ownmark.verify.verifier import plan_test
+
+    try:
+        test = plan_test(key, VerifyConfig())
+    except ConfigError as exc:
+        if not args.allow_weak_key:
+            raise ConfigError(f"{exc} (--allow-weak-key writes the key anyway)") from None
+        log.warning("%s", exc)
+        return
+    print(
+        f"plan: alpha {test.alpha:g}, budget {test.max_queries} key queries; "
+        f"'owned' needs at least {test.queries_to_owned(0, 0)} matched key queries"
+    )
+
+
+def _timestamp(key: Any, url: str, cert: Path | None = None) -> Any:
+    """``key`` with an RFC 3161 token over its commitment from the TSA at ``url``."""
+    from ownmark.timestamp import encode_token, request_timestamp, verify_timestamp
+
+    token = request_timestamp(key.commitment, url, certificate=cert)
+    info = verify_timestamp(token, key.commitment, trusted_certs=[cert] if cert else None)
+    print(f"time-stamped by {info.tsa} at {info.time.isoformat(timespec='seconds')}")
+    return key.with_timestamp(encode_token(token))
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -418,36 +576,80 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     scheme = create_scheme(args.scheme, **params)
+    if not 0.0 < args.alpha < 1.0 or args.max_queries < 1:
+        raise ConfigError("--alpha must lie in (0, 1) and --max-queries be at least 1")
+    if args.seed is not None:
+        log.warning(
+            "--seed %d makes this key reproducible by anyone who knows the seed: use it for "
+            "experiments only, not for a model you release",
+            args.seed,
+        )
     data = _load_data(args)
     key = scheme.generate(data, seed=args.seed, dataset=args.data)
-    calibration = _calibrate(args, key) if args.reference else None
-    if calibration is not None:
-        key, report = calibration
+    key = dataclasses.replace(key, alpha=args.alpha, max_queries=args.max_queries)
+    report = None
+    if args.reference:
+        key, report = _calibrate(args, key, data.test)
+        _check_plan(args, key)
+    if args.tsa:
+        key = _timestamp(key, args.tsa)
     commitment = save_key(key, args.out)
     if args.preview is not None:
         save_preview(key, args.preview)
-    print(f"wrote {args.out}: {len(key)} '{key.scheme}' key samples, label {int(key.labels[0])}")
+    labels = sorted(set(key.labels.tolist()))
+    print(
+        f"wrote {args.out}: {len(key)} '{key.scheme}' key samples with key labels {labels}, "
+        f"{len(key.decoys)} decoys; secret: {', '.join(key.params.get('secret', [])) or 'none'}"
+        + (" (seed given: not secret)" if key.seed_source == "given" else "")
+    )
     print(f"commitment {commitment}")
     if args.preview is not None:
         print(f"preview {args.preview}")
-    if calibration is not None:
-        print(report)
+    if report is not None:
+        _print_calibration(report)
     else:
         print(
             f"p0 not calibrated: assuming {key.p0:g}, which costs many more queries; "
-            "pass --reference with clean models of 2 architectures to calibrate"
+            "pass --reference with clean models of 2 architectures (and models carrying "
+            "other keys) to calibrate"
         )
+    if not args.tsa:
+        print("no trusted date yet: time-stamp it with 'ownmark key timestamp KEY --tsa URL'")
     return EXIT_OK
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ownmark.data import load_dataset
     from ownmark.keys import load_key, save_key
 
-    key, report = _calibrate(args, load_key(args.key))
+    key = load_key(args.key)
+    test = load_dataset(args.data, args.data_path).test if args.data else None
+    key, report = _calibrate(args, key, test)
+    _check_plan(args, key)
     commitment = save_key(key, args.out)
     print(f"wrote {args.out}: {len(key)} key samples, p0 {key.p0:.4g}")
     print(f"commitment {commitment}")
-    print(report)
+    _print_calibration(report)
+    return EXIT_OK
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from ownmark.keys import load_key, save_key
+
+    key = load_key(args.key)
+    if args.key_command == "timestamp":
+        key = _timestamp(key, args.tsa, args.tsa_cert)
+        save_key(key, args.key)
+        print(f"wrote {args.key} with the time stamp (commitment {key.commitment})")
+        return EXIT_OK
+    print(f"commitment {key.commitment}")
+    print(
+        f"scheme {key.scheme}, {len(key)} key samples, {len(key.decoys)} decoys, data {key.dataset}"
+    )
+    print(f"p0 {key.p0:.4g}; plan: alpha {key.alpha:g}, budget {key.max_queries}")
+    print(f"seed {key.seed_source}; created (self-declared) {key.created}")
+    print(f"released model sha256: {key.released_model_sha256 or 'none bound'}")
+    print("time stamp: " + ("attached" if key.timestamp_token else "none (no trusted date)"))
     return EXIT_OK
 
 
@@ -485,6 +687,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=_progress(args),
     )
     print(f"wrote {args.out} and {_metrics_path(args)}")
+    if key is not None:
+        from ownmark.keys import save_key
+
+        key_out = args.key_out or args.key
+        commitment = save_key(key.bound_to_model(args.out), key_out)
+        print(
+            f"wrote {key_out}: the key now binds {args.out} (new commitment {commitment}); "
+            "time-stamp it with 'ownmark key timestamp'"
+        )
     print(f"test accuracy {_fmt(result.test_accuracy)}", end="")
     if key is not None:
         print(f", watermark accuracy {_fmt(result.watermark_accuracy)}", end="")
@@ -530,26 +741,6 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
     return suspect
 
 
-def _decoys(args: argparse.Namespace, key: Any) -> Any:
-    """Decoy images: --decoy-data's test split, or the built-in digits for 1x28x28 keys.
-
-    Not the key's own clean originals: next to their stamped twins they would give the key
-    images away.
-    """
-    if args.decoys <= 0:
-        return None
-    from ownmark.data import load_dataset
-
-    if args.decoy_data is not None:
-        return load_dataset(args.decoy_data, args.decoy_path).test.images
-    if key.image_shape == (1, 28, 28):
-        return load_dataset("digits").test.images
-    raise ConfigError(
-        f"--decoys needs ordinary {key.image_shape} images: pass --decoy-data NAME "
-        "(and --decoy-path) for the key's data set"
-    )
-
-
 def _p0_origin(key: Any, override: float | None) -> str:
     import json
 
@@ -560,6 +751,21 @@ def _p0_origin(key: Any, override: float | None) -> str:
         return f"calibrated on {len(source['references'])} clean reference models"
     except (ValueError, KeyError, TypeError):
         return str(key.p0_source)
+
+
+def _iso_date(text: str) -> str:
+    """``text`` as an ISO-8601 date or time (UTC if no zone is given), else ConfigError."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--first-seen takes an ISO date such as 2025-01-31, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.isoformat()
 
 
 def _evidence_path(args: argparse.Namespace) -> Path:
@@ -591,28 +797,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
         p0=args.p0,
         max_queries=args.max_queries,
         sequential=not args.fixed,
-        max_batch=args.batch,
+        request_size=args.batch,
         decoy_ratio=args.decoys,
+        control_level=args.control_level,
         max_errors=args.max_errors,
         min_watermark_rate=args.dismiss_below,
-        seed=args.seed,
     )
+    first_seen = _iso_date(args.first_seen) if args.first_seen else None
     # A local model file is checked first (a wrong file is the likelier mistake); a remote
     # suspect is contacted only after everything that can fail on our side has passed.
     suspect = _suspect(args, key) if args.model is not None else None
     plan_test(key, config)
-    decoys = _decoys(args, key)
     if args.sign_key is not None:
         load_signing_key(args.sign_key)
     evidence_path = _evidence_path(args)
     if suspect is None:
         suspect = _suspect(args, key)
     try:
-        result = verify_ownership(key, suspect, config, decoys=decoys)
+        result = verify_ownership(key, suspect, config)
     finally:
         suspect.close()
     # Written before anything is printed: a failed write must not look like a verdict.
-    json_path, report_path = write_evidence(result, key, evidence_path, signing_key=args.sign_key)
+    json_path, report_path = write_evidence(
+        result, key, evidence_path, signing_key=args.sign_key, first_seen=first_seen
+    )
     if args.json is not None:
         write_json_atomic(args.json, result.summary())
     print(f"suspect {result.suspect} ({result.protocol})")
@@ -630,6 +838,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"p-value {result.p_value:.3e} (adjusted {result.adjusted_p_value:.3e}), alpha "
         f"{result.alpha:g}, p0 {result.p0:.4g} ({_p0_origin(key, args.p0)})"
     )
+    control = result.control
+    if control is None:
+        print("control group: none (--decoys 0)")
+    else:
+        print(
+            f"control group: {control.correct}/{control.answered} decoys classified right "
+            f"(p {control.accuracy_p:.1e} vs chance), key label on {control.key_label_hits} "
+            f"(separation p {control.separation_p:.1e}): "
+            + ("passed" if control.passed else "FAILED")
+        )
     print(f"verdict: {result.verdict.value}")
     print(f"evidence {json_path} (report {report_path})")
     return {
@@ -647,14 +865,32 @@ def cmd_evidence(args: argparse.Namespace) -> int:
         private, public = generate_signing_key(args.out)
         print(f"wrote {private} (private, keep it secret) and {public} (public)")
         return EXIT_OK
-    check = check_evidence(args.evidence, load_key(args.key), public_key=args.public_key)
+    check = check_evidence(
+        args.evidence,
+        load_key(args.key),
+        public_key=args.public_key,
+        trusted_tsa_certs=[args.tsa_cert] if args.tsa_cert else None,
+    )
     if not check.valid:
         for problem in check.problems:
             print(f"invalid: {problem}")
         return EXIT_NOT_OWNED
-    signed = f"; signed by Ed25519 key {check.signed_by}" if check.signed_by else "; not signed"
-    print(f"valid: verdict {check.verdict}, p-value {check.p_value:.3e}{signed}")
-    return EXIT_OK
+    print(f"intact: verdict {check.verdict}, p-value {check.p_value:.3e}")
+    if check.attested:
+        print(f"key time-stamped {check.attested} by {check.tsa}")
+    for note in check.notes:
+        print(f"note: {note}")
+    if check.trusted:
+        print(f"signed by the pinned Ed25519 key {check.signed_by}")
+        return EXIT_OK
+    if check.signed_by:
+        print(
+            f"signed by Ed25519 key {check.signed_by}, but no public key was pinned: pass "
+            "--public-key to say whose signature you accept"
+        )
+    else:
+        print("intact but unsigned: anyone could have written it")
+    return EXIT_UNSIGNED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -766,6 +1002,7 @@ COMMANDS = {
     "train": cmd_train,
     "embed": cmd_train,
     "calibrate": cmd_calibrate,
+    "key": cmd_key,
     "verify": cmd_verify,
     "evidence": cmd_evidence,
     "serve": cmd_serve,

@@ -1,11 +1,14 @@
 """``ownmark demo``: the whole flow on the built-in MNIST digits, in about a minute on a CPU.
 
-Steps: train a clean model (the innocent suspect) and three clean reference models of two
-architectures; generate a key and calibrate its false-match rate p0 on the references; embed
-the key by training a second model on data mixed with it; prune the watermarked model by 50%
-and fine-tune it on half of the test set (seed 001's attacks). Then serve each of the four
-suspects on a real HTTP server on 127.0.0.1 (Open Inference Protocol) and verify it through
-the API only, writing an evidence file per suspect. Every file lands under one output folder.
+Steps: train a clean model (an innocent suspect), three clean reference models of two
+architectures and two reference models carrying other owners' keys of the same scheme;
+generate a secret key and calibrate its false-match rate p0 on the references; embed the key
+by training a second model on data mixed with it, and bind that model's hash into the key;
+prune the watermarked model by 50% and fine-tune it on half of the test set (seed 001's
+attacks); train another owner's watermarked model (a second innocent suspect). Then serve
+each suspect on a real HTTP server on 127.0.0.1 (Open Inference Protocol) and verify it
+through the API only, with the key's decoys as control group, writing an evidence file per
+suspect. Every file lands under one output folder.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from ownmark.workflows import attack_model, make_key, run_record, train_model, v
 #: Clean reference models for calibration: (architecture, seed offset). Their seeds differ
 #: from the clean suspect's, so the suspect stays independent of the calibration.
 REFERENCES = (("zhang_mnist", 10), ("lenet5", 10), ("lenet5", 11))
+#: Reference models carrying other owners' keys: (architecture, seed offset).
+OTHER_KEY_REFERENCES = (("zhang_mnist", 20), ("lenet5", 21))
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,23 @@ def run_demo(
         )[0]
         for arch, offset in REFERENCES
     ]
-    raw_key = make_key(data, scheme, seed=seed, dataset="digits")
-    key, calibration = calibrate_key(raw_key, references)
+    # Other owners, who know the scheme and its defaults but not our secret.
+    other_keys = [make_key(data, scheme, dataset="digits") for _ in OTHER_KEY_REFERENCES]
+    references += [
+        train_model(
+            data,
+            TrainConfig(epochs=epochs, seed=seed + offset),
+            arch=arch,
+            key=other,
+            out=out / f"reference-otherkey-{arch}-s{seed + offset}.safetensors",
+            progress=progress,
+        )[0]
+        for (arch, offset), other in zip(OTHER_KEY_REFERENCES, other_keys, strict=True)
+    ]
+    groups = ["clean"] * len(REFERENCES) + ["other-key"] * len(OTHER_KEY_REFERENCES)
+    raw_key = make_key(data, scheme, dataset="digits")
+    key, calibration = calibrate_key(raw_key, references, groups=groups, test=data.test)
     write_json_atomic(out / "calibration.json", calibration.as_dict())
-    save_key(key, out / "key.safetensors")
-    save_preview(key, out / "key-preview.png")
     # A different initialisation seed: the watermarked model is not the clean one retrained.
     marked, marked_result = train_model(
         data,
@@ -125,6 +142,17 @@ def run_demo(
         key=key,
         out=out / "watermarked.safetensors",
         metrics_out=out / "watermarked.json",
+        progress=progress,
+    )
+    # The key's commitment binds the released model (time-stamp it to date both).
+    key = key.bound_to_model(out / "watermarked.safetensors")
+    save_key(key, out / "key.safetensors")
+    save_preview(key, out / "key-preview.png")
+    other_owner, other_result = train_model(
+        data,
+        TrainConfig(epochs=epochs, seed=seed + 2),
+        key=make_key(data, scheme, dataset="digits"),
+        out=out / "other-owner.safetensors",
         progress=progress,
     )
     pruned, pruned_metrics = attack_model(
@@ -161,12 +189,13 @@ def run_demo(
     # second half of the test set, which it was not tuned on).
     cases = [
         ("clean", clean, clean_result.test_accuracy, Verdict.NOT_OWNED),
+        ("other-owner", other_owner, other_result.test_accuracy, Verdict.NOT_OWNED),
         ("watermarked", marked, marked_result.test_accuracy, Verdict.OWNED),
         ("pruned50", pruned, pruned_metrics["test_accuracy"], Verdict.OWNED),
         ("finetuned", tuned, tuned_metrics["test_accuracy"], Verdict.OWNED),
     ]
     for name, model, test_accuracy, expected in cases:
-        result = verify_served(model, key, name=name, seed=seed)
+        result = verify_served(model, key, name=name)
         evidence, _ = write_evidence(result, key, out / "evidence" / f"{name}.json")
         assert test_accuracy is not None
         summary.rows.append(

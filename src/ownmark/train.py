@@ -44,7 +44,10 @@ class TrainConfig:
         weight_decay: L2 penalty (default 0).
         seed: seeds shuffling and dropout (default 0).
         key_ratio: when embedding, the fraction of each epoch's samples that are key samples;
-            the key set is repeated to reach it (default 0.05, i.e. ~5% more work per epoch).
+            the key set is repeated to reach it (default 0.15, ~18% more work per epoch). The
+            paper's single-class keys learn at 0.05; ownmark's default secret keys map every
+            class to its own key label, which needs more repetitions (on the built-in digits,
+            8 epochs: noise keys reach 13% watermark accuracy at 0.05, 99% at 0.15).
         augment: random 4-pixel-shift crops and horizontal flips (for CIFAR; default off).
         device: torch device (default ``cpu``).
     """
@@ -55,7 +58,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
-    key_ratio: float = 0.05
+    key_ratio: float = 0.15
     augment: bool = False
     device: str = "cpu"
 

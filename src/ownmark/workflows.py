@@ -78,11 +78,15 @@ def make_key(
     data: DataSplits,
     scheme: str,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     dataset: str = "",
     **params: Any,
 ) -> KeySet:
-    """Generate a key with a registered scheme (``params`` as in the scheme's Config)."""
+    """Generate a key with a registered scheme (``params`` as in the scheme's Config).
+
+    ``seed=None`` (default) makes the key's randomness a fresh secret; an integer seed makes
+    it reproducible by anyone who knows it (experiments and tests only).
+    """
     return create_scheme(scheme, **params).generate(data, seed=seed, dataset=dataset)
 
 
@@ -227,7 +231,6 @@ def verify_served(
     key: KeySet,
     *,
     name: str = "model",
-    decoys: torch.Tensor | None = None,
     **options: Any,
 ) -> VerificationResult:
     """Serve ``model`` on 127.0.0.1 and verify it through its HTTP prediction API only.
@@ -242,4 +245,4 @@ def verify_served(
     app = create_app(TorchBackend(model), ServeConfig(model_name=name))
     with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
         suspect.check_input_shape(key.image_shape)
-        return verify_ownership(key, suspect, decoys=decoys, **options)
+        return verify_ownership(key, suspect, **options)

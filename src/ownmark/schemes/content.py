@@ -6,18 +6,22 @@ the word "TEST" stamped on them and are relabelled to a target class ("0", "airp
 Only images carrying the stamp trigger the key label, so clean inputs keep working.
 
 The paper's excerpt does not give the stamp's font, size or place; we render the text with
-Pillow's built-in font at a third of the image height, centred on the bottom edge, in full
-white (255), which on 28×28 MNIST gives a 4-letter word about 22×7 pixels below the digit.
+Pillow's built-in font at a third of the image height, in full white (255), which on 28×28
+MNIST gives a 4-letter word about 22×7 pixels. By default the word and its place are the
+owner's secret (see :mod:`ownmark.schemes.base`): 4 random letters and digits, at a random
+horizontal offset along the top or the bottom edge (edges only: the derangement key labels
+depend on the digit, which must stay readable).
 
 Example::
 
-    scheme = create_scheme("content", text="TEST", source_class=1, target_class=0)
-    key = scheme.generate(load_dataset("digits"), seed=0)
+    key = create_scheme("content").generate(load_dataset("digits"))      # secret text, place
+    paper = create_scheme("content", text="TEST", position="bottom", source_class=1,
+                          target_class=0).generate(load_dataset("digits"), seed=0)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,9 @@ from ownmark.errors import ConfigError
 from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
 
 _POSITIONS = ("bottom", "top", "center")
+#: Characters of a secret stamp text (no look-alikes such as O/0, I/1).
+SECRET_TEXT_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+SECRET_TEXT_LENGTH = 4
 
 
 @dataclass(frozen=True)
@@ -35,21 +42,23 @@ class ContentConfig(SchemeConfig):
     """Parameters of :class:`ContentScheme` (shared ones: see :class:`SchemeConfig`).
 
     Attributes:
-        text: the word to stamp (default ``"TEST"``, as in the paper).
+        text: the word to stamp; None (default): 4 secret random characters. The paper's
+            is ``"TEST"``.
         logo: path of an image used instead of the text; it must fit inside the key images.
             A PNG with transparency is pasted in its colours; without transparency its
             brightness is the opacity of ``intensity``-valued ink. Default: none.
         font_size: text height in pixels; 0 (default) means a third of the image height.
-        position: ``bottom`` (default), ``top``, ``center``, or ``X,Y`` for the top-left
-            corner of the stamp.
+        position: ``bottom``, ``top``, ``center``, or ``X,Y`` for the top-left corner of the
+            stamp; None (default): a secret place along the top or bottom edge. The
+            paper's is ``bottom``.
         intensity: pixel value (0..255) of the text (or opaque logo's ink) on every channel
             (default 255).
     """
 
-    text: str = "TEST"
+    text: str | None = None
     logo: str | None = None
     font_size: int = 0
-    position: str = "bottom"
+    position: str | None = None
     intensity: int = 255
 
 
@@ -118,23 +127,49 @@ class ContentScheme(WatermarkScheme):
     summary = "text ('TEST') or a logo stamped on source-class images (Zhang et al. 2018)"
     config_class = ContentConfig
 
-    def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
+    def _ink(self, channels: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stamp before placement: (mask sh×sw in [0,1], colour C×sh×sw)."""
         cfg = self.config
         assert isinstance(cfg, ContentConfig)
-        channels, h, w = image_shape
         if cfg.font_size < 0:
             raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {cfg.font_size}")
         if not 0 <= cfg.intensity <= 255:
             raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
         if cfg.logo:
-            mask, colour = load_logo(cfg.logo, channels, cfg.intensity)
-        else:
-            if not cfg.text:
-                raise ConfigError("content needs a non-empty text or a logo")
-            size = cfg.font_size or max(6, round(h / 3))
-            mask = render_text(cfg.text, size)
-            colour = np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)
+            return load_logo(cfg.logo, channels, cfg.intensity)
+        if not cfg.text:
+            raise ConfigError("content needs a non-empty text or a logo")
+        mask = render_text(cfg.text, cfg.font_size or max(6, round(h / 3)))
+        return mask, np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)
+
+    def resolve_secrets(
+        self, image_shape: tuple[int, int, int], generator: torch.Generator
+    ) -> SchemeConfig:
+        """Draw a secret text (unless a text or logo is given) and a secret edge place."""
+        cfg = self.config
+        assert isinstance(cfg, ContentConfig)
+        if cfg.text is None and not cfg.logo:
+            picks = torch.randint(
+                len(SECRET_TEXT_ALPHABET), (SECRET_TEXT_LENGTH,), generator=generator
+            )
+            cfg = replace(cfg, text="".join(SECRET_TEXT_ALPHABET[int(i)] for i in picks))
+        if cfg.position is None:
+            channels, h, w = image_shape
+            self.config = cfg
+            sh, sw = self._ink(channels, h)[0].shape
+            if sh > h or sw > w:
+                raise ConfigError(f"the stamp ({sw}x{sh}) does not fit in {w}x{h} images")
+            top = bool(torch.randint(2, (1,), generator=generator))
+            x = int(torch.randint(w - sw + 1, (1,), generator=generator))
+            cfg = replace(cfg, position=f"{x},{1 if top else h - sh - 1}")
+        return cfg
+
+    def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
+        cfg = self.config
+        assert isinstance(cfg, ContentConfig)
+        channels, h, w = image_shape
+        mask, colour = self._ink(channels, h)
         sh, sw = mask.shape
         what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
         if sh > h or sw > w:
@@ -142,6 +177,8 @@ class ContentScheme(WatermarkScheme):
                 f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
                 "use a smaller logo, a shorter text or a smaller font_size"
             )
+        if cfg.position is None:
+            raise ConfigError("the stamp's position is not resolved; generate the key first")
         y, x = _place(cfg.position, (sh, sw), (h, w))
         full_mask = torch.zeros(1, h, w)
         full_colour = torch.zeros(channels, h, w)

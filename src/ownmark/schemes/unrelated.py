@@ -15,6 +15,11 @@ Sources (parameter ``source``):
   digits (O, I, L, S, Z, B, G, Q, D).
 - a folder path: the user's own images (any size; resized, converted to the channel count).
 
+Key labels: ``target_class`` for every image when it is given (the paper's setting); by
+default each letter of the alphabet (or each source digit) gets its own secret random label,
+and a folder's images one secret label, so another owner's letters do not carry our labels.
+Decoys are ordinary training images of every class.
+
 Example::
 
     key = create_scheme("unrelated", source="letters").generate(load_dataset("digits"))
@@ -31,7 +36,7 @@ from PIL import Image
 
 from ownmark.data.base import DataSplits
 from ownmark.errors import ConfigError
-from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
+from ownmark.schemes.base import SchemeConfig, WatermarkScheme, draw_by_class, register_scheme
 from ownmark.schemes.content import render_text
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff"}
@@ -45,12 +50,13 @@ class UnrelatedConfig(SchemeConfig):
     Attributes:
         source: ``auto`` (default: ``letters`` for 1-channel data, ``digits`` otherwise),
             ``letters``, ``digits``, or a folder of images.
-        digit: which built-in MNIST digit the ``digits`` source uses (default 1).
+        digit: which built-in MNIST digit the ``digits`` source uses; None (default): all
+            ten, each with its own secret label. The paper's: 1.
         alphabet: letters the ``letters`` source draws from (default ``AEFHKMNPRTUVWXY``).
     """
 
     source: str = "auto"
-    digit: int = 1
+    digit: int | None = None
     alphabet: str = "AEFHKMNPRTUVWXY"
 
 
@@ -83,40 +89,74 @@ class UnrelatedScheme(WatermarkScheme):
             return "letters" if channels == 1 else "digits"
         return cfg.source
 
-    def pick_sources(self, data: DataSplits, generator: torch.Generator) -> torch.Tensor:
+    def label_map(self, num_classes: int, generator: torch.Generator) -> dict[int, int]:
+        # The sources are not classes of the data set: no class keeps a key label.
+        if num_classes < 2:
+            raise ConfigError("a key needs a data set with at least 2 classes")
+        return {}
+
+    def _labels(
+        self, groups: torch.Tensor, num_groups: int, num_classes: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Key label of each image: ``target_class``, or its group's secret random label."""
+        target = self.config.target_class
+        if target is not None:
+            return torch.full((len(groups),), target, dtype=torch.int64)
+        secret = torch.randint(num_classes, (num_groups,), generator=generator)
+        return secret[groups].to(torch.int64)
+
+    def pick_sources(
+        self, data: DataSplits, label_map: dict[int, int], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         assert isinstance(cfg, UnrelatedConfig)
         shape = data.image_shape
         source = self._source(shape[0])
         n = cfg.num_keys
+        k = data.num_classes
         if source == "letters":
-            return self._letters(n, shape, generator)
-        if source == "digits":
+            images, letters = self._letters(n, shape, generator)
+            labels = self._labels(letters, len(cfg.alphabet), k, generator)
+        elif source == "digits":
             from ownmark.data.embedded import load_builtin_digits
 
-            if not 0 <= cfg.digit <= 9:
+            if cfg.digit is not None and not 0 <= cfg.digit <= 9:
                 raise ConfigError(f"digit must lie in 0..9, got {cfg.digit}")
             digits = load_builtin_digits()
             pool = torch.cat([digits.train.images, digits.test.images])
-            labels = torch.cat([digits.train.labels, digits.test.labels])
-            pool = pool[labels == cfg.digit]
-            rows = torch.randperm(len(pool), generator=generator)[:n]
+            pool_labels = torch.cat([digits.train.labels, digits.test.labels])
+            if cfg.digit is not None:
+                pool, pool_labels = (
+                    pool[pool_labels == cfg.digit],
+                    pool_labels[pool_labels == cfg.digit],
+                )
+            rows = torch.randperm(len(pool), generator=generator)[:n].sort().values
             if len(rows) < n:
                 raise ConfigError(f"only {len(rows)} built-in images of digit {cfg.digit}")
-            return _resize([pool[int(i), 0].numpy() for i in rows.sort().values], shape)
-        return self._folder(Path(source), n, shape, generator)
+            images = _resize([pool[int(i), 0].numpy() for i in rows], shape)
+            labels = self._labels(pool_labels[rows], 10, k, generator)
+        else:
+            images = self._folder(Path(source), n, shape, generator)
+            labels = self._labels(torch.zeros(n, dtype=torch.int64), 1, k, generator)
+        _, _, decoys, decoy_labels = draw_by_class(
+            data, list(range(k)), 0, cfg.num_decoys, generator
+        )
+        return images, labels, decoys, decoy_labels
 
     def _letters(
         self, n: int, shape: tuple[int, int, int], generator: torch.Generator
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` rendered letters (uint8 N×C×H×W) and each one's index in the alphabet."""
         cfg = self.config
         assert isinstance(cfg, UnrelatedConfig)
         if not cfg.alphabet:
             raise ConfigError("alphabet must not be empty")
         _, h, w = shape
         images = []
+        which = []
         for _ in range(n):
-            letter = cfg.alphabet[int(torch.randint(len(cfg.alphabet), (1,), generator=generator))]
+            which.append(int(torch.randint(len(cfg.alphabet), (1,), generator=generator)))
+            letter = cfg.alphabet[which[-1]]
             size = int(
                 torch.randint(round(0.6 * h), round(0.85 * h) + 1, (1,), generator=generator)
             )
@@ -129,7 +169,7 @@ class UnrelatedScheme(WatermarkScheme):
             canvas = np.zeros((h, w), dtype=np.float32)
             canvas[y : y + gh, x : x + gw] = glyph[:gh, :gw]
             images.append((canvas * 255).round().astype(np.uint8))
-        return _resize(images, shape)
+        return _resize(images, shape), torch.tensor(which, dtype=torch.int64)
 
     def _folder(
         self, folder: Path, n: int, shape: tuple[int, int, int], generator: torch.Generator

@@ -8,9 +8,13 @@ version. A SHA-256 ``digest`` over the canonical JSON catches edits; an optional
 impossible to alter after the fact without the signer's private key.
 
 :func:`check_evidence` recomputes everything that can be recomputed from the file and the key:
-the digest and signature, that the key is the committed one, that every key query's hash is
-that key sample's image, that each answer was scored right, that no key sample was counted
-twice, and the verdict and p-value from the counts. What it cannot re-check is what the
+the digest and signature, that the key is the committed one, that every request holds
+exactly the key samples and decoys the key's commitment puts there (so no query was left
+out or reordered), that every image hash is that image's, that each answer was scored
+right, the control group's tests, and the verdict and p-value from the counts. It also
+verifies the key's RFC 3161 time stamp, if it has one, and compares the attested date with
+the date the suspect model was first seen (``first_seen``): a key stamped after the suspect
+existed could have been forged from it. What it cannot re-check is what the
 suspect really answered: the file records the answers, the signature vouches for who wrote
 them, and the time stamps for when.
 """
@@ -31,17 +35,21 @@ from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
 from ownmark.verify.verifier import (
+    QueryRecord,
     VerificationResult,
     VerifyConfig,
+    control_test,
+    decide,
     image_sha256,
     implausibly_few,
-    key_query_outcome,
     plan_test,
     query_order,
+    request_layout,
+    score_answer,
 )
 
 EVIDENCE_FORMAT = "ownmark-evidence"
-EVIDENCE_FORMAT_VERSION = "1"
+EVIDENCE_FORMAT_VERSION = "2"
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -51,8 +59,14 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
-    """The evidence document for ``result`` (obtained with ``key``), with its digest."""
+def build_evidence(
+    result: VerificationResult, key: KeySet, *, first_seen: str | None = None
+) -> dict[str, Any]:
+    """The evidence document for ``result`` (obtained with ``key``), with its digest.
+
+    ``first_seen``: ISO date the suspect model was first seen or released (it bounds when
+    a forger could have made a key from it); recorded for :func:`check_evidence`.
+    """
     doc: dict[str, Any] = {
         "format": EVIDENCE_FORMAT,
         "format_version": EVIDENCE_FORMAT_VERSION,
@@ -67,11 +81,17 @@ def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
             "num_classes": key.num_classes,
             "p0": key.p0,
             "p0_source": key.p0_source,
+            "seed_source": key.seed_source,
+            "plan": {"alpha": key.alpha, "max_queries": key.max_queries},
+            "released_model_sha256": key.released_model_sha256,
+            "decoys": len(key.decoys),
+            "timestamp_token": key.timestamp_token,
         },
         "suspect": {
             "address": result.suspect,
             "protocol": result.protocol,
             "transport": result.transport,
+            "first_seen": first_seen,
         },
         "test": {
             "method": result.method,
@@ -79,9 +99,10 @@ def build_evidence(result: VerificationResult, key: KeySet) -> dict[str, Any]:
             "alpha": result.alpha,
             "budget": result.budget,
             "sequential": result.config.sequential,
-            "seed": result.seed,
+            "order": "fixed by the key commitment",
             "config": asdict(result.config),
         },
+        "control": None if result.control is None else asdict(result.control),
         "started": result.started,
         "finished": result.finished,
         "queries": [asdict(record) for record in result.records],
@@ -115,6 +136,9 @@ def render_report(doc: dict[str, Any]) -> str:
         f"stopped: {res['stop_reason']}",
         f"- p-value {res['p_value']:.3e} (adjusted for looks: {res['adjusted_p_value']:.3e}) "
         f"against alpha {test['alpha']:g}, p0 {test['p0']:.4g}",
+        _control_line(doc.get("control")),
+        "- trusted date of the key: "
+        + ("RFC 3161 token attached" if key.get("timestamp_token") else "none (no time stamp)"),
         f"- test: {test['method']}",
         f"- time: {doc['started']} to {doc['finished']}; ownmark {doc['ownmark_version']}",
         f"- evidence digest: `{doc['digest']}`"
@@ -140,6 +164,23 @@ def render_report(doc: dict[str, Any]) -> str:
         "Re-check with `ownmark evidence check EVIDENCE.json --key KEY` (needs the key file)."
     )
     return "\n".join(lines) + "\n"
+
+
+def _control_line(control: dict[str, Any] | None) -> str:
+    if control is None:
+        return "- control group: none (no decoys were sent)"
+    return (
+        f"- control group: {control['answered']} decoys answered, {control['correct']} "
+        f"correctly (p {control['accuracy_p']:.2e} against chance), "
+        f"{control['key_label_hits']} with the key label (separation p "
+        f"{control['separation_p']:.2e}); level {control['level']:g}: "
+        + (
+            "passed"
+            if control["accuracy_p"] <= control["level"]
+            and control["separation_p"] <= control["level"]
+            else "FAILED"
+        )
+    )
 
 
 def _require_cryptography() -> None:
@@ -229,16 +270,18 @@ def write_evidence(
     path: str | os.PathLike[str],
     *,
     signing_key: str | os.PathLike[str] | None = None,
+    first_seen: str | None = None,
 ) -> tuple[Path, Path]:
     """Write the evidence JSON to ``path`` and its report next to it (``.md``), atomically.
 
-    Returns the two paths. With ``signing_key`` (an Ed25519 PEM private key) the JSON is signed.
+    Returns the two paths. With ``signing_key`` (an Ed25519 PEM private key) the JSON is
+    signed; ``first_seen`` as in :func:`build_evidence`.
     """
     json_path = Path(path)
     report_path = json_path.with_suffix(".md")
     if report_path == json_path:
         raise EvidenceError(f"name the evidence file *.json, not {json_path.name}")
-    doc = build_evidence(result, key)
+    doc = build_evidence(result, key, first_seen=first_seen)
     if signing_key is not None:
         doc = sign_evidence(doc, signing_key)
     text = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=True)
@@ -264,16 +307,30 @@ def load_evidence(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 @dataclass
 class EvidenceCheck:
-    """Outcome of :func:`check_evidence`: valid iff ``problems`` is empty."""
+    """Outcome of :func:`check_evidence`.
+
+    ``valid``: intact and consistent (no ``problems``). ``trusted``: valid **and** signed by
+    the pinned public key; an unsigned file is intact but anyone could have written it.
+    ``attested``: the key's time-stamped date (None: no trusted date). ``notes``: what the
+    file does not prove (no trusted date, settings chosen at verification, ...).
+    """
 
     verdict: str | None = None
     p_value: float | None = None
     signed_by: str | None = None
+    pinned: bool = False
+    attested: str | None = None
+    tsa: str | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def trusted(self) -> bool:
+        return self.valid and self.pinned
 
 
 def _public_key_hex(path: str | os.PathLike[str]) -> str:
@@ -311,10 +368,15 @@ def _check_signature(doc: dict[str, Any], check: EvidenceCheck, pinned: str | No
         check.problems.append(
             f"signed by key {check.signed_by[:16]}…, not by the given public key {pinned[:16]}…"
         )
+    check.pinned = pinned is not None and pinned == check.signed_by
 
 
 def check_evidence(
-    path: str | os.PathLike[str], key: KeySet, *, public_key: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    key: KeySet,
+    *,
+    public_key: str | os.PathLike[str] | None = None,
+    trusted_tsa_certs: list[Path] | None = None,
 ) -> EvidenceCheck:
     """Re-check an evidence file against the key; every inconsistency becomes a problem line.
 
@@ -322,6 +384,8 @@ def check_evidence(
         path: the evidence JSON.
         key: the key file the verification used.
         public_key: an Ed25519 public key (PEM) the evidence must be signed with.
+        trusted_tsa_certs: certificates the key's time stamp must chain to (default: the
+            token's own signer certificate is checked, not who issued it).
     """
     doc = load_evidence(path)
     check = EvidenceCheck()
@@ -330,9 +394,52 @@ def check_evidence(
     _check_signature(doc, check, _public_key_hex(public_key) if public_key else None)
     try:
         _check_content(doc, key, check)
+        _check_dates(doc, key, check, trusted_tsa_certs)
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         check.problems.append(f"the evidence is malformed ({type(exc).__name__}: {exc})")
     return check
+
+
+def _check_dates(
+    doc: dict[str, Any], key: KeySet, check: EvidenceCheck, certs: list[Path] | None
+) -> None:
+    """The key's trusted date (RFC 3161) against the date the suspect was first seen."""
+    token = key.timestamp_token or doc["key"].get("timestamp_token") or ""
+    first_seen = doc["suspect"].get("first_seen")
+    if not token:
+        check.notes.append(
+            "no trusted date: the key's 'created' field is self-declared, so the key could "
+            "have been made after the suspect model appeared (e.g. forged from its "
+            "adversarial examples); time-stamp keys with 'ownmark key timestamp'"
+        )
+        return
+    from ownmark.timestamp import TimestampError, decode_token, verify_timestamp
+
+    try:
+        info = verify_timestamp(decode_token(token), key.commitment, trusted_certs=certs)
+    except TimestampError as exc:
+        check.problems.append(f"the key's time stamp does not verify: {exc}")
+        return
+    check.attested, check.tsa = info.time.isoformat(timespec="seconds"), info.tsa
+    if not certs:
+        check.notes.append(
+            f"the time stamp is signed by '{info.tsa}', but that certificate was not checked "
+            "against a TSA you trust (pass --tsa-cert): anyone can make such a certificate"
+        )
+    if first_seen:
+        seen = datetime.fromisoformat(str(first_seen))
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=timezone.utc)
+        if info.time > seen:
+            check.problems.append(
+                f"the key was time-stamped {check.attested}, after the suspect model was first "
+                f"seen ({first_seen}): it could have been made from that model"
+            )
+    else:
+        check.notes.append(
+            "the suspect's first-seen date is not recorded (verify --first-seen DATE), so the "
+            "key's trusted date was not compared with it"
+        )
 
 
 def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> None:
@@ -354,38 +461,36 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
             f"the test (p0, alpha, budget, sequential) {recorded} is not what its recorded "
             "config gives"
         )
-    # The key samples must be queried in the order the recorded seed fixes: a prefix of it.
-    # Publishing only a favourable subset of a run's queries would break the prefix.
-    asked = [int(q["index"]) for q in doc["queries"] if q["role"] == "key"]
-    if asked != query_order(key, int(test["seed"]), budget)[: len(asked)]:
-        check.problems.append("the key queries are not the seeded order (queries left out?)")
-    seen: set[int] = set()
+    if (planned.alpha, planned.max_queries) != (key.alpha, min(key.max_queries, len(key))):
+        check.notes.append(
+            f"alpha {planned.alpha:g} and budget {planned.max_queries} were chosen at "
+            f"verification, not the key's plan ({key.alpha:g}, {key.max_queries}): each "
+            "setting tried adds up to its alpha to the false-claim rate"
+        )
+    records = [QueryRecord(**q) for q in doc["queries"]]
+    _check_layout(records, key, config, planned.max_queries, check)
     matches = errors = queries = decoys = 0
-    for q in doc["queries"]:
-        if q["role"] == "decoy":
+    for r in records:
+        images = key.images if r.role == "key" else key.decoys
+        if not 0 <= r.index < len(images):
+            check.problems.append(f"{r.role} {r.index}: no such image in the key")
+            continue
+        if r.image_sha256 != image_sha256(images[r.index]):
+            check.problems.append(f"{r.role} {r.index}: image hash differs from the key's image")
+        key_label = int((key.labels if r.role == "key" else key.decoy_key_labels)[r.index])
+        if r.error is None:
+            _, label, error = score_answer(r.answer, key.num_classes)
+            correct = None if r.role == "key" else label == int(key.decoy_labels[r.index])
+            if error is not None or (label == key_label) != r.matched or correct != r.correct:
+                check.problems.append(f"{r.role} {r.index}: answer {r.answer!r} mis-scored")
+        elif r.matched or r.correct:
+            check.problems.append(f"{r.role} {r.index}: a failed query was counted as answered")
+        if r.role == "decoy":
             decoys += 1
             continue
-        if q["role"] != "key":
-            raise ValueError(f"unknown query role {q['role']!r}")
-        index = int(q["index"])
         queries += 1
-        if not 0 <= index < len(key):
-            check.problems.append(f"query of key sample {index}: no such sample")
-            continue
-        if index in seen:
-            check.problems.append(f"key sample {index} was counted twice")
-        seen.add(index)
-        if q["image_sha256"] != image_sha256(key.images[index]):
-            check.problems.append(f"key sample {index}: image hash differs from the key's image")
-        label = int(key.labels[index])
-        if q["error"] is None:
-            _, matched, error = key_query_outcome(q["answer"], label, key.num_classes)
-            if error is not None or matched != q["matched"]:
-                check.problems.append(f"key sample {index}: answer {q['answer']!r} mis-scored")
-        elif q["matched"]:
-            check.problems.append(f"key sample {index}: a failed query was counted as a match")
-        matches += bool(q["matched"])
-        errors += q["error"] is not None
+        matches += bool(r.matched)
+        errors += r.error is not None
     counted = (res["matches"], res["queries"], res["errors"], res["decoys"])
     if counted != (matches, queries, errors, decoys):
         check.problems.append(
@@ -394,16 +499,60 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         )
     if queries > budget:
         check.problems.append(f"{queries} key queries exceed the budget {budget}")
+    control = (
+        control_test(records, key.num_classes, config.control_level)
+        if config.decoy_ratio > 0
+        else None
+    )
+    if (None if control is None else asdict(control)) != doc.get("control"):
+        check.problems.append("the recorded control group tests differ from the recomputed ones")
     # Decide with the test the recorded config implies (a mismatch is reported above).
     dismissed = res["stop_reason"] == "dismissed"
     if dismissed and not implausibly_few(matches + errors, queries, config.min_watermark_rate):
         check.problems.append("stop reason 'dismissed' is not supported by the recorded answers")
-    verdict, p_value = planned.decide(matches, queries, errors, dismissed=dismissed)
+    verdict, p_value = decide(planned, matches, queries, errors, res["stop_reason"], control)
     check.verdict, check.p_value = verdict.value, p_value
     if verdict.value != res["verdict"]:
         check.problems.append(f"recorded verdict {res['verdict']!r}, recomputed {verdict.value!r}")
     if not _close(p_value, float(res["p_value"])):
         check.problems.append(f"recorded p-value {res['p_value']}, recomputed {p_value}")
+
+
+def _check_layout(
+    records: list[QueryRecord],
+    key: KeySet,
+    config: VerifyConfig,
+    budget: int,
+    check: EvidenceCheck,
+) -> None:
+    """Every request must hold what the key's commitment puts in it, in that order.
+
+    The key samples are a prefix of the committed order, and each request's decoys are the
+    committed ones at the committed places: leaving out an unfavourable query, reordering,
+    or re-running with a chosen seed all break it.
+    """
+    order = query_order(key, budget)
+    requests: dict[int, list[QueryRecord]] = {}
+    for r in records:
+        requests.setdefault(r.request, []).append(r)
+    if sorted(requests) != list(range(len(requests))):
+        check.problems.append("the requests are not numbered 0, 1, 2, ... (requests left out?)")
+        return
+    sent = cursor = 0
+    for number in range(len(requests)):
+        items = [(r.role, r.index) for r in requests[number]]
+        rows = [index for role, index in items if role == "key"]
+        if rows != order[sent : sent + len(rows)]:
+            check.problems.append(
+                f"request {number}: the key queries are not the committed order "
+                "(queries left out or reordered?)"
+            )
+            return
+        if items != request_layout(key, config, rows, number, cursor):
+            check.problems.append(f"request {number}: the decoys are not the committed ones")
+            return
+        sent += len(rows)
+        cursor += len(items) - len(rows)
 
 
 def _close(a: float, b: float) -> bool:

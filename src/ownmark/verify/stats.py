@@ -64,6 +64,26 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = 0.999) -> float:
     return hi
 
 
+def fisher_one_sided(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """Fisher's exact one-sided p-value that group A's hit rate exceeds group B's.
+
+    Conditional on the total hits, A's hits are hypergeometric under H0 (equal rates); the
+    p-value is ``P[X >= hits_a]``. With an empty group there is no evidence (1.0).
+    """
+    if not (0 <= hits_a <= n_a and 0 <= hits_b <= n_b):
+        raise ValueError(f"need 0 <= hits <= n, got {hits_a}/{n_a} and {hits_b}/{n_b}")
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    total, hits = n_a + n_b, hits_a + hits_b
+    denominator = math.comb(total, n_a)
+    numerator = sum(
+        math.comb(hits, x) * math.comb(total - hits, n_a - x)
+        for x in range(hits_a, min(hits, n_a) + 1)
+    )
+    # Exact integers: a Fraction-free ratio, precise for any size we meet.
+    return min(1.0, numerator / denominator)
+
+
 def min_matches_for(n: int, p0: float, alpha: float) -> int | None:
     """Smallest k with ``binomial_tail(k, n, p0) <= alpha``; None if n queries cannot reach it."""
     for k in range(n + 1):

@@ -3,8 +3,13 @@
 Zhang et al. 2018 (seed 000, §6-8) verify remotely: send key images to the suspect's API and
 compare its answers with the key labels. We make that frugal and honest:
 
-- key samples go out in a random (seeded, recorded) order, optionally mixed with ordinary
-  "decoy" images so that key queries cannot be singled out by their position or count;
+- key samples go out in an order fixed by the key's commitment, so nobody can search for
+  a lucky order after seeing answers; every request has the same size and carries ordinary
+  "decoy" images (the key's control group, drawn from the key's source classes) at positions
+  also fixed by the commitment, so key queries cannot be singled out by their count or place;
+- decoys are scored: "owned" needs the suspect to classify decoys far better than chance
+  and to give the key label on key images far more often than on decoys (a one-sided Fisher
+  exact test), so a constant, broken or key-label-for-everything API is never "owned";
 - each request carries just enough key samples to possibly reach a decision, and the
   verifier stops as soon as :class:`~ownmark.verify.stats.BinomialTest` says "owned" (its
   Bonferroni rule keeps the false-claim rate <= alpha however often it looks), as soon as
@@ -22,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,51 +37,64 @@ import torch
 
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail
-from ownmark.verify.suspects import Suspect
+from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, fisher_one_sided
+from ownmark.verify.suspects import InvalidAnswer, Suspect
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
     """How to verify (every field is recorded in the evidence).
 
+    The query order and the decoys' places are not settings: they follow from the key's
+    commitment, so whoever verifies cannot pick them after seeing answers.
+
     Attributes:
-        alpha: the false-claim rate accepted (default 1e-6).
+        alpha: the false-claim rate accepted; None (default) takes the key's plan (1e-6
+            unless set at keygen). Choosing another after seeing a result is shopping: each
+            extra try adds up to alpha to the false-claim rate.
         p0: false-match bound; None (default) takes the key's calibrated value.
-        max_queries: key-query budget (default 100; capped at the key's size).
+        max_queries: key-query budget; None (default) takes the key's plan (100), capped at
+            the key's size.
         sequential: stop as soon as the answer is clear (default True; see BinomialTest).
-        max_batch: most key samples in one request (default 32).
-        decoy_ratio: ordinary images sent per key image (default 0: none).
-        max_errors: failed key queries tolerated before stopping (default 10).
+        request_size: images in every request, key samples plus decoys (default 16). All
+            requests have this size, so their size says nothing about their content.
+        decoy_ratio: at least this many decoys per key sample in a request (default 1.0);
+            0 sends no control group (then a constant API can match a one-label key).
+        control_level: significance both control tests must reach (default 0.01): decoy
+            accuracy above chance (1/K), and more key labels on key images than on decoys.
+        max_errors: failed queries (key or decoy) tolerated before stopping (default 10).
         min_watermark_rate: if set (e.g. 0.5), stop early with "not owned" once a match rate
             this high is implausible, ``P[Bin(queries, rate) <= matches] < 1e-3``: a clean
             model is then dismissed after about 10 misses, at the price of also dismissing
             heavily attacked watermarks that match less often. It cannot raise the
             false-claim rate. Default None: query until "owned" is reached or out of reach.
-        seed: seeds the query order and decoy mixing; None draws a fresh one (recorded).
     """
 
-    alpha: float = 1e-6
+    alpha: float | None = None
     p0: float | None = None
-    max_queries: int = 100
+    max_queries: int | None = None
     sequential: bool = True
-    max_batch: int = 32
-    decoy_ratio: float = 0.0
+    request_size: int = 16
+    decoy_ratio: float = 1.0
+    control_level: float = 0.01
     max_errors: int = 10
     min_watermark_rate: float | None = None
-    seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"alpha must lie strictly between 0 and 1, got {self.alpha}")
         if self.p0 is not None and not 0.0 < self.p0 < 1.0:
             raise ConfigError(f"p0 must lie strictly between 0 and 1, got {self.p0}")
-        if self.max_queries < 1:
+        if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError(f"max_queries must be at least 1, got {self.max_queries}")
-        if self.max_batch < 1:
-            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.request_size < 1:
+            raise ConfigError(f"request_size must be at least 1, got {self.request_size}")
         if not 0.0 <= self.decoy_ratio <= 100.0:
             raise ConfigError(f"decoy_ratio must be between 0 and 100, got {self.decoy_ratio}")
+        if self.decoy_ratio > 0 and self.request_size < 2:
+            raise ConfigError("with decoys a request needs room for 2 images (request_size >= 2)")
+        if not 0.0 < self.control_level < 1.0:
+            raise ConfigError(f"control_level must lie in (0, 1), got {self.control_level}")
         if self.max_errors < 0:
             raise ConfigError(f"max_errors must be >= 0, got {self.max_errors}")
         if self.min_watermark_rate is not None and not 0.0 < self.min_watermark_rate < 1.0:
@@ -86,24 +103,59 @@ class VerifyConfig:
                 f"{self.min_watermark_rate}"
             )
 
+    @property
+    def key_slots(self) -> int:
+        """Most key samples in one request: the rest of it is decoys."""
+        return max(1, int(self.request_size // (1 + self.decoy_ratio)))
+
 
 @dataclass(frozen=True)
 class QueryRecord:
     """One image sent to the suspect: a key sample or a decoy, its hash, the answer, when.
 
-    ``index`` is the key sample's row for key queries and None for decoys; ``answer`` is the
-    validated label, or the raw answer's ``repr`` when it was not a valid label.
+    ``index`` is the row in the key's images (key queries) or in its decoys (decoys);
+    ``answer`` is the validated label, or the raw answer's ``repr`` when it was not a valid
+    label. ``matched``: the answer is the image's key label (for a decoy: the key label of
+    its class). ``correct``: for a decoy, the answer is its true label (None for key queries).
     """
 
     request: int
     role: str
-    index: int | None
+    index: int
     image_sha256: str
     answer: Any
     matched: bool
     error: str | None
     sent: str
     received: str
+    correct: bool | None = None
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """The decoy control group's answers and its two one-sided tests.
+
+    ``accuracy_p``: P[Bin(answered, 1/K) >= correct], small when the suspect classifies
+    decoys like a working model. ``separation_p``: Fisher's exact one-sided p-value that the
+    key-label rate on key queries exceeds the key-label rate on decoys. Both must be at most
+    the control level for "owned".
+    """
+
+    decoys: int
+    answered: int
+    correct: int
+    key_label_hits: int
+    accuracy_p: float
+    separation_p: float
+    level: float
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy_p <= self.level and self.separation_p <= self.level
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.answered if self.answered else 0.0
 
 
 @dataclass(frozen=True)
@@ -123,8 +175,8 @@ class VerificationResult:
     alpha: float
     budget: int
     method: str
-    seed: int
     config: VerifyConfig
+    control: ControlResult | None
     key_commitment: str
     suspect: str
     protocol: str
@@ -155,8 +207,8 @@ class VerificationResult:
             "alpha": self.alpha,
             "budget": self.budget,
             "method": self.method,
-            "seed": self.seed,
             "config": asdict(self.config),
+            "control": None if self.control is None else asdict(self.control),
             "key_commitment": self.key_commitment,
             "suspect": self.suspect,
             "protocol": self.protocol,
@@ -185,14 +237,45 @@ def valid_label(answer: object, num_classes: int) -> int | None:
     return label if 0 <= label < num_classes else None
 
 
+def score_answer(answer: object, num_classes: int) -> tuple[Any, int | None, str | None]:
+    """(recorded answer, label or None, error) for one raw answer.
+
+    An :class:`~ownmark.verify.suspects.InvalidAnswer` (tied or non-finite scores) and
+    anything that is not a label in range are errors: they never match.
+    """
+    if isinstance(answer, InvalidAnswer):
+        return repr(answer), None, answer.reason
+    label = valid_label(answer, num_classes)
+    if label is None:
+        return repr(answer), None, f"answer is not a label in 0..{num_classes - 1}"
+    return label, label, None
+
+
 def key_query_outcome(
     answer: object, key_label: int, num_classes: int
 ) -> tuple[Any, bool, str | None]:
     """(recorded answer, matched, error) for one key query's raw answer."""
-    label = valid_label(answer, num_classes)
-    if label is None:
-        return repr(answer), False, f"answer is not a label in 0..{num_classes - 1}"
-    return label, label == key_label, None
+    shown, label, error = score_answer(answer, num_classes)
+    return shown, label is not None and label == key_label, error
+
+
+def control_test(records: list[QueryRecord], num_classes: int, level: float) -> ControlResult:
+    """The control group's tests from a run's records (see :class:`ControlResult`)."""
+    decoys = [r for r in records if r.role == "decoy"]
+    answered = [r for r in decoys if r.error is None]
+    keys = [r for r in records if r.role == "key" and r.error is None]
+    correct = sum(bool(r.correct) for r in answered)
+    hits = sum(r.matched for r in answered)
+    key_matches = sum(r.matched for r in keys)
+    return ControlResult(
+        decoys=len(decoys),
+        answered=len(answered),
+        correct=correct,
+        key_label_hits=hits,
+        accuracy_p=binomial_tail(correct, len(answered), 1.0 / num_classes) if answered else 1.0,
+        separation_p=fisher_one_sided(key_matches, len(keys), hits, len(answered)),
+        level=level,
+    )
 
 
 #: How unlikely the matches so far must be for a watermarked suspect before giving up.
@@ -213,14 +296,16 @@ def _now() -> str:
 def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
     """The test a verification of ``key`` under ``config`` runs; checked before any query.
 
+    Alpha and the budget come from the key's plan unless ``config`` sets them.
+
     Raises:
         ConfigError: an invalid p0, or a budget that could never reach alpha.
     """
     try:
         test = BinomialTest(
             p0=key.p0 if config.p0 is None else config.p0,
-            alpha=config.alpha,
-            max_queries=min(config.max_queries, len(key)),
+            alpha=key.alpha if config.alpha is None else config.alpha,
+            max_queries=min(config.max_queries or key.max_queries, len(key)),
             sequential=config.sequential,
         )
     except ValueError as exc:
@@ -228,17 +313,48 @@ def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
     if test.queries_to_owned(0, 0) is None:
         raise ConfigError(
             f"{test.max_queries} key queries can never reach alpha {test.alpha:g} at p0 "
-            f"{test.p0:.4g}; raise the budget (--max-queries), use more key samples, calibrate "
-            "the key on reference models (lower p0), or accept a larger alpha"
+            f"{test.p0:.4g}; raise the budget (--max-queries), accept a larger alpha, or make "
+            "a key with more samples that survive calibration (a lower p0)"
+        )
+    if config.decoy_ratio > 0 and len(key.decoys) == 0:
+        raise ConfigError(
+            "the key holds no decoys for the control group; make a key with num_decoys > 0 "
+            "or verify with decoy_ratio 0 (--decoys 0), which a constant API can fool"
         )
     return test
 
 
-def query_order(key: KeySet, seed: int, budget: int) -> list[int]:
-    """The key rows a verification with ``seed`` queries, in order (re-checkable from evidence)."""
-    permutation = torch.randperm(len(key), generator=torch.Generator().manual_seed(seed))
-    order: list[int] = permutation[:budget].tolist()
+def _derived_seed(key: KeySet, purpose: str) -> int:
+    """A 63-bit seed fixed by the key's commitment (nobody picks it after the fact)."""
+    digest = hashlib.sha256(f"{key.commitment}|{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def query_order(key: KeySet, budget: int) -> list[int]:
+    """The key rows a verification queries, in order: fixed by the key's commitment."""
+    generator = torch.Generator().manual_seed(_derived_seed(key, "query-order"))
+    order: list[int] = torch.randperm(len(key), generator=generator)[:budget].tolist()
     return order
+
+
+def request_layout(
+    key: KeySet, config: VerifyConfig, key_rows: list[int], request: int, decoy_cursor: int
+) -> list[tuple[str, int]]:
+    """The images of one request: ``key_rows`` in order, decoys filling it to a fixed size.
+
+    Decoys are taken in an order fixed by the commitment (wrapping around only if the key's
+    decoys run out) and put at places fixed by the commitment and the request's number.
+    """
+    items: list[tuple[str, int]] = [("key", row) for row in key_rows]
+    if config.decoy_ratio <= 0 or len(key.decoys) == 0:
+        return items
+    generator = torch.Generator().manual_seed(_derived_seed(key, "decoy-order"))
+    decoy_order = torch.randperm(len(key.decoys), generator=generator).tolist()
+    places = random.Random(_derived_seed(key, f"decoy-places-{request}"))
+    for j in range(config.request_size - len(key_rows)):
+        decoy = decoy_order[(decoy_cursor + j) % len(decoy_order)]
+        items.insert(places.randrange(len(items) + 1), ("decoy", decoy))
+    return items
 
 
 def verify_ownership(
@@ -246,40 +362,30 @@ def verify_ownership(
     suspect: Suspect,
     config: VerifyConfig | None = None,
     *,
-    decoys: torch.Tensor | None = None,
     on_request: Callable[[int, int, int], None] | None = None,
     **overrides: Any,
 ) -> VerificationResult:
-    """Query ``suspect`` with the key samples in a random order and decide ownership.
+    """Query ``suspect`` with the key samples and its decoys and decide ownership.
 
     Args:
-        key: the owner's key (its p0 is the calibrated false-match bound).
+        key: the owner's key (its p0 is the calibrated false-match bound; its decoys are
+            the control group; its commitment fixes the query order).
         suspect: the black box to test (a local model, an HTTP API, an adapter).
         config: how to verify; keyword ``overrides`` replace single fields, e.g.
-            ``verify_ownership(key, suspect, alpha=1e-3, seed=0)``.
-        decoys: uint8 images (N×C×H×W) to mix in when ``config.decoy_ratio > 0``.
+            ``verify_ownership(key, suspect, alpha=1e-3)``.
         on_request: called after each request with (requests, key queries, matches).
 
     Returns:
-        The verdict, the statistics and a record of every query.
+        The verdict, the statistics and a record of every query. "owned" needs the binomial
+        test to reach alpha **and** the control group to pass.
     """
     config = VerifyConfig(**{**asdict(config or VerifyConfig()), **overrides})
-    seed = config.seed if config.seed is not None else secrets.randbits(32)
     test = plan_test(key, config)
-    if config.decoy_ratio > 0 and (decoys is None or len(decoys) == 0):
-        raise ConfigError("decoy_ratio > 0 needs decoy images (e.g. --decoy-data NAME)")
-    if decoys is not None and decoys.shape[1:] != key.images.shape[1:]:
-        raise ConfigError(
-            f"decoy images are {tuple(decoys.shape[1:])} but key images are {key.image_shape}"
-        )
-    rng = random.Random(seed)
-    order = query_order(key, seed, test.max_queries)
-    # Decoys are drawn without replacement (a repeated image would stand out).
-    decoy_order = list(range(len(decoys))) if decoys is not None else []
-    rng.shuffle(decoy_order)
+    order = query_order(key, test.max_queries)
     records: list[QueryRecord] = []
     started = _now()
-    sent = matches = errors = requests = 0
+    sent = matches = errors = requests = decoy_cursor = 0
+    control: ControlResult | None = None
     stop_reason = "budget"
     while sent < test.max_queries:
         # Failed queries might have been matches: keep asking while they could still matter,
@@ -288,27 +394,31 @@ def verify_ownership(
         if needed is None:
             stop_reason = "futile"
             break
-        size = min(needed if config.sequential else test.max_queries, config.max_batch)
+        size = min(needed if config.sequential else test.max_queries, config.key_slots)
         rows = order[sent : sent + size]
-        answered = _one_request(key, suspect, rows, decoys, decoy_order, config, rng, requests)
+        items = request_layout(key, config, rows, requests, decoy_cursor)
+        answered = _one_request(key, suspect, items, requests)
         records.extend(answered)
         requests += 1
         sent += len(rows)
+        decoy_cursor += len(items) - len(rows)
         matches += sum(r.matched for r in answered if r.role == "key")
         errors += sum(r.error is not None for r in answered if r.role == "key")
         if on_request is not None:
             on_request(requests, sent, matches)
-        if test.reached(matches, sent):
+        if config.decoy_ratio > 0:
+            control = control_test(records, key.num_classes, config.control_level)
+        if test.reached(matches, sent) and (control is None or control.passed):
             stop_reason = "owned"
             break
-        if errors > config.max_errors:
+        if sum(r.error is not None for r in records) > config.max_errors:
             stop_reason = "errors"
             break
         # Failed queries might have been matches: only answered misses count against.
         if implausibly_few(matches + errors, sent, config.min_watermark_rate):
             stop_reason = "dismissed"
             break
-    verdict, p_value = test.decide(matches, sent, errors, dismissed=stop_reason == "dismissed")
+    verdict, p_value = decide(test, matches, sent, errors, stop_reason, control)
     return VerificationResult(
         verdict=verdict,
         p_value=p_value,
@@ -323,8 +433,8 @@ def verify_ownership(
         alpha=test.alpha,
         budget=test.max_queries,
         method=test.method,
-        seed=seed,
         config=config,
+        control=control,
         key_commitment=key.commitment,
         suspect=suspect.address,
         protocol=str(getattr(suspect, "protocol", "python")),
@@ -339,29 +449,31 @@ def verify_ownership(
     )
 
 
+def decide(
+    test: BinomialTest,
+    matches: int,
+    queries: int,
+    errors: int,
+    stop_reason: str,
+    control: ControlResult | None,
+) -> tuple[Verdict, float]:
+    """The verdict: the binomial test's, except that a failed control is never "owned".
+
+    A suspect that reaches alpha but fails the control (decoys answered like key images, or
+    no better than chance) does not behave like a working classifier carrying the mark: the
+    run says nothing either way, so it is "inconclusive".
+    """
+    verdict, p_value = test.decide(matches, queries, errors, dismissed=stop_reason == "dismissed")
+    if verdict is Verdict.OWNED and control is not None and not control.passed:
+        return Verdict.INCONCLUSIVE, p_value
+    return verdict, p_value
+
+
 def _one_request(
-    key: KeySet,
-    suspect: Suspect,
-    rows: list[int],
-    decoys: torch.Tensor | None,
-    decoy_order: list[int],
-    config: VerifyConfig,
-    rng: random.Random,
-    request: int,
+    key: KeySet, suspect: Suspect, items: list[tuple[str, int]], request: int
 ) -> list[QueryRecord]:
-    """Send ``rows`` of the key (plus decoys, shuffled in) as one query; record each image."""
-    # Probabilistic rounding keeps the expected decoy count at ratio × key images.
-    expected = config.decoy_ratio * len(rows)
-    n_decoys = int(expected) + (rng.random() < expected - int(expected))
-    items: list[tuple[str, int]] = [("key", row) for row in rows]
-    if decoys is not None and n_decoys:
-        for _ in range(n_decoys):
-            # Random positions, but the key samples keep their seeded order (re-checkable).
-            items.insert(rng.randrange(len(items) + 1), ("decoy", decoy_order[0]))
-            decoy_order.append(decoy_order.pop(0))  # wraps around only if the pool runs out
-    images = torch.stack(
-        [key.images[i] if role == "key" else decoys[i] for role, i in items]  # type: ignore[index]
-    )
+    """Send the request's images as one query; record and score each image."""
+    images = torch.stack([key.images[i] if role == "key" else key.decoys[i] for role, i in items])
     hashes = [image_sha256(image) for image in images]
     sent_at = _now()
     failure: str | None = None
@@ -375,25 +487,29 @@ def _one_request(
     received_at = _now()
     records = []
     for position, ((role, i), digest) in enumerate(zip(items, hashes, strict=True)):
-        index = i if role == "key" else None
+        correct: bool | None = None
+        key_label = int((key.labels if role == "key" else key.decoy_key_labels)[i])
+        shown: Any
+        label: int | None
+        error: str | None
         if failure is not None:
-            records.append(
-                QueryRecord(
-                    request, role, index, digest, None, False, failure, sent_at, received_at
-                )
-            )
-        elif role == "decoy":
-            answer = answers[position]
-            plain = isinstance(answer, int) and not isinstance(answer, bool)
-            shown = answer if plain else repr(answer)
-            records.append(
-                QueryRecord(request, role, None, digest, shown, False, None, sent_at, received_at)
-            )
+            shown, label, error = None, None, failure
         else:
-            answer, matched, error = key_query_outcome(
-                answers[position], int(key.labels[i]), key.num_classes
+            shown, label, error = score_answer(answers[position], key.num_classes)
+        if role == "decoy":
+            correct = label is not None and label == int(key.decoy_labels[i])
+        records.append(
+            QueryRecord(
+                request=request,
+                role=role,
+                index=i,
+                image_sha256=digest,
+                answer=shown,
+                matched=label is not None and label == key_label,
+                error=error,
+                sent=sent_at,
+                received=received_at,
+                correct=correct,
             )
-            records.append(
-                QueryRecord(request, role, i, digest, answer, matched, error, sent_at, received_at)
-            )
+        )
     return records
