@@ -20,6 +20,11 @@ Pieces:
 * :func:`export_onnx` - a uint8-in, logits-out ONNX graph, checked against torch.
 * :func:`create_app` with :class:`ServeConfig` - the FastAPI app.
 * :class:`BackgroundServer` (tests, demos) and :func:`serve_forever` (``ownmark serve``).
+
+The server holds under abuse (timeouts for request heads and bodies, a cap on inference
+requests in flight and on connections: see :class:`ServeConfig`) and never answers from a
+broken model: non-finite weights are refused at start (:func:`check_finite_weights`), and
+non-finite scores, or tied top scores for label and top-k answers, give HTTP 500.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from __future__ import annotations
 from ownmark.serve.app import ANSWER_MODES, ServeConfig, create_app
 from ownmark.serve.backends import (
     BACKENDS,
+    NonFiniteScoresError,
     OnnxBackend,
     PredictBackend,
     TorchBackend,
+    check_finite_weights,
     load_backend,
 )
 from ownmark.serve.background import BackgroundServer, serve_forever
@@ -39,10 +46,12 @@ __all__ = [
     "ANSWER_MODES",
     "BACKENDS",
     "BackgroundServer",
+    "NonFiniteScoresError",
     "OnnxBackend",
     "PredictBackend",
     "ServeConfig",
     "TorchBackend",
+    "check_finite_weights",
     "create_app",
     "export_onnx",
     "load_backend",

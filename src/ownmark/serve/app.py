@@ -10,7 +10,23 @@ Routes (``{name}`` is :attr:`ServeConfig.model_name`, the only version is ``"1"`
     POST /v2/models/{name}[/versions/1]/infer   inference
 
 Only the ``/v2/models/...`` routes need the bearer token (when one is configured). Every
-error is ``{"error": "<one line>"}`` with a 4xx status; client input never causes a 500.
+error is ``{"error": "<one line>"}``; client input never causes a 500.
+
+The server holds under abuse and never answers from a broken model:
+
+* a request body must arrive within :attr:`ServeConfig.body_timeout` (else 408 and the
+  connection is closed), so clients that trickle their bodies cannot pile up; request heads
+  get :attr:`ServeConfig.header_timeout` (see :mod:`ownmark.serve.background`);
+* at most :attr:`ServeConfig.max_concurrency` inference requests run at once; beyond, 503 with
+  ``Retry-After: 1`` (bodies still being read do not count, so slow clients cannot take the
+  places of normal ones);
+* a model that produces a NaN or infinite score answers 500 ``{"error": "the model produced
+  non-finite scores ..."}``, never a label (an argmax over NaN is class 0 for every image);
+* in the ``label`` and ``topk`` answer modes, a batch in which an image's top two
+  probabilities are equal answers 500 too: its label would be an arbitrary tie-break (the
+  lower class index), which a verifier could count as a real answer. The ``probabilities``
+  mode answers the tie as it is; clients must treat a tied row as no answer (ownmark's
+  verifier does).
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ownmark import __version__
 from ownmark.errors import ConfigError
-from ownmark.serve.backends import PredictBackend
+from ownmark.serve.backends import NonFiniteScoresError, PredictBackend
 
 __all__ = ["ANSWER_MODES", "ServeConfig", "create_app"]
 
@@ -84,6 +101,22 @@ class ServeConfig:
             default ``None`` (open).
         access_log: path of a JSON-lines access-log file (appended to); default ``None``
             sends the lines to the ``ownmark.access`` logger instead.
+        max_concurrency: most inference requests computed at once; more get 503 with
+            ``Retry-After: 1``. Default 8: the forward passes share the CPU (the torch backend
+            runs one at a time), so more in flight only lengthens every answer and holds more
+            decoded batches in memory. A request counts from when its body has arrived.
+        body_timeout: seconds a request body may take to arrive, from the end of its head
+            (default 10.0); a slower one gets 408 and its connection is closed. 16 MiB takes
+            well under a second on any real link; a client sending a byte at a time would
+            otherwise hold its connection and buffers as long as it liked.
+        header_timeout: seconds a connection may take to send a complete request head, from
+            when it opens or its previous answer was sent (default 10.0); a slower one is
+            closed. uvicorn has no such limit of its own: a client trickling headers would
+            hold its connection forever.
+        max_connections: most open connections (uvicorn's ``limit_concurrency``); a request
+            arriving beyond gets 503 (default 256). It bounds the file descriptors and the
+            memory abusive clients can take: each connection buffers at most
+            ``max_body_bytes``, for at most ``body_timeout``.
 
     Raises:
         ConfigError: a value is out of range.
@@ -96,6 +129,10 @@ class ServeConfig:
     max_body_bytes: int = 16 * 2**20
     token: str | None = None
     access_log: str | None = None
+    max_concurrency: int = 8
+    body_timeout: float = 10.0
+    header_timeout: float = 10.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not _NAME_RE.match(self.model_name):
@@ -111,9 +148,22 @@ class ServeConfig:
             ("top_k", self.top_k),
             ("max_batch", self.max_batch),
             ("max_body_bytes", self.max_body_bytes),
+            ("max_concurrency", self.max_concurrency),
+            ("max_connections", self.max_connections),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        for field, seconds in (
+            ("body_timeout", self.body_timeout),
+            ("header_timeout", self.header_timeout),
+        ):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not math.isfinite(seconds)
+                or seconds <= 0
+            ):
+                raise ConfigError(f"{field} must be a positive number of seconds, got {seconds!r}")
         if self.token is not None and (
             not isinstance(self.token, str) or not _TOKEN_RE.match(self.token)
         ):
@@ -461,6 +511,48 @@ def _output_metadata(answer: str, k: int, num_classes: int) -> list[dict[str, An
     ]
 
 
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(map(str, rows[:10]))
+    return shown + (f", ... ({len(rows)} in all)" if len(rows) > 10 else "")
+
+
+def _non_finite(rows: list[int]) -> _ApiError:
+    _SERVER_LOGGER.error("the model produced non-finite scores for image(s) %s", _rows_text(rows))
+    return _ApiError(
+        500,
+        f"the model produced non-finite scores (NaN or infinity) for image(s) {_rows_text(rows)} "
+        "of this request; a broken model gives no answer",
+    )
+
+
+def _check_scores(proba: np.ndarray, answer: str) -> None:
+    """500 unless every row is finite and, for label and topk answers, has one top class.
+
+    A row whose top two probabilities are equal has no label: ``argmax`` would answer the
+    lower class index, the same arbitrary class for every such image (a uniform output, e.g.
+    of a model pruned to nothing, is "class 0" everywhere). The probabilities answer carries
+    the tie itself, so it goes out as it is and the client decides.
+    """
+    if proba.ndim != 2 or len(proba) == 0:
+        return
+    finite = np.isfinite(proba).all(axis=1)
+    if not finite.all():
+        raise _non_finite([int(i) for i in np.flatnonzero(~finite)])
+    if answer == "probabilities" or proba.shape[1] < 2:
+        return
+    top2 = np.partition(proba, -2, axis=1)[:, -2:]
+    tied = top2[:, 0] == top2[:, 1]
+    if tied.any():
+        rows = [int(i) for i in np.flatnonzero(tied)]
+        _SERVER_LOGGER.warning("the model's top scores tie for image(s) %s", _rows_text(rows))
+        raise _ApiError(
+            500,
+            f"the model's top scores tie for image(s) {_rows_text(rows)} of this request, so "
+            "it names no class for them; rather than an arbitrary tie-break no label is "
+            "answered (the probabilities answer mode shows the scores)",
+        )
+
+
 def _outputs(proba: np.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
     n, num_classes = proba.shape
     result: list[dict[str, Any]] = []
@@ -583,8 +675,11 @@ _ERROR_TEXTS = {
     400: "Malformed request",
     401: "Missing or wrong bearer token",
     404: "Unknown model or version",
+    408: "The request body did not arrive in time (the connection is closed)",
     413: "Request body or batch too large",
     422: "Invalid path parameter",
+    500: "The model failed, or produced non-finite or (label, topk) tied top scores",
+    503: "Too many inference requests in flight; see Retry-After",
 }
 
 
@@ -612,8 +707,11 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
     ``probabilities`` (FP32 ``[N, K]`` only). A request's ``outputs`` list picks a subset.
 
     Errors are ``{"error": "..."}``: 400 malformed request, 401 missing/wrong bearer token,
-    404 unknown route/model/version, 405 wrong method, 413 body over ``max_body_bytes`` (by
-    Content-Length or by the bytes actually received) or batch over ``max_batch``.
+    404 unknown route/model/version, 405 wrong method, 408 body not received within
+    ``body_timeout``, 413 body over ``max_body_bytes`` (by Content-Length or by the bytes
+    actually received) or batch over ``max_batch``, 500 the model failed or produced
+    non-finite scores (or, in the label and topk modes, top scores that tie), 503 more than
+    ``max_concurrency`` inference requests in flight (with ``Retry-After``).
 
     Raises:
         ConfigError: the access-log file cannot be written.
@@ -634,6 +732,8 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
         ),
     )
     app.add_middleware(_AccessLogMiddleware, sink=sink)
+    # BackgroundServer and serve_forever read the connection limits from here.
+    app.state.ownmark_config = config
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -671,23 +771,35 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
         chunks: list[bytes] = []
         total = 0
         try:
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise _ApiError(413, too_large)
-                chunks.append(chunk)
+            with anyio.fail_after(config.body_timeout):
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > limit:
+                        raise _ApiError(413, too_large)
+                    chunks.append(chunk)
         except ClientDisconnect:
             raise _ApiError(400, "the client disconnected while sending the body") from None
+        except TimeoutError:
+            # Closed afterwards: the rest of a trickled body is not worth waiting for.
+            raise _ApiError(
+                408,
+                f"the request body did not arrive within {config.body_timeout:g} s "
+                f"({total} bytes came); send the whole body at once",
+                {"Connection": "close"},
+            ) from None
         return b"".join(chunks)
 
     def run_inference(body: bytes, info: dict[str, Any]) -> Response:
         parsed = _parse_request(body, image_shape, config.max_batch, allowed, info)
         try:
-            proba = backend.predict_proba(parsed.images)
+            proba = np.asarray(backend.predict_proba(parsed.images))
+        except NonFiniteScoresError as exc:
+            raise _non_finite(exc.rows) from exc
         except Exception as exc:
             # Answered here rather than left to Starlette, which would also drop the connection.
             _SERVER_LOGGER.exception("the model failed on a request")
             raise _ApiError(500, "the model failed on this request; see the server log") from exc
+        _check_scores(proba, config.answer)
         payload: dict[str, Any] = {"model_name": config.model_name, "model_version": "1"}
         if parsed.request_id is not None:
             payload["id"] = parsed.request_id
@@ -696,15 +808,31 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
 
     infer_openapi = _infer_openapi(image_shape, config.max_batch, allowed)
 
+    # Inference requests being computed. Only the event loop's thread touches it (between
+    # awaits), so it needs no lock.
+    in_flight = 0
+
     async def infer(request: Request, name: str, version: str | None) -> Response:
+        nonlocal in_flight
         authorize(request)
         check_model(name, version)
         body = await read_body(request)
-        # Parsing 200k ints and the forward pass are CPU work: keep them off the event loop.
-        return await run_in_threadpool(run_inference, body, _log_info(request))
+        if in_flight >= config.max_concurrency:
+            raise _ApiError(
+                503,
+                f"the server is busy ({config.max_concurrency} inference requests in flight); "
+                "retry in a second",
+                {"Retry-After": "1"},
+            )
+        in_flight += 1
+        try:
+            # Parsing 200k ints and the forward pass are CPU work: keep them off the event loop.
+            return await run_in_threadpool(run_inference, body, _log_info(request))
+        finally:
+            in_flight -= 1
 
     # Declaring 422 stops FastAPI from documenting its own validation-error body for it.
-    infer_errors = _error_responses(400, 401, 404, 413, 422)
+    infer_errors = _error_responses(400, 401, 404, 408, 413, 422, 500, 503)
     model_errors = _error_responses(401, 404, 422)
 
     @app.post(

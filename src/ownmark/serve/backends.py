@@ -4,6 +4,12 @@ Two backends answer the same :class:`PredictBackend` protocol: :class:`TorchBack
 ownmark model file in PyTorch, :class:`OnnxBackend` runs an ONNX file written by
 :func:`ownmark.serve.onnx_export.export_onnx` in onnxruntime, whose graph takes the uint8
 pixels directly. Both return softmax probabilities; the server derives labels and top-k.
+
+A broken model must not answer: its argmax over NaN scores is class 0 for every image, which
+could pass for a confident label. So both backends refuse, when they are created, a model
+whose weights are not all finite (:class:`~ownmark.errors.ConfigError` naming the tensor),
+and raise :class:`NonFiniteScoresError` when a forward pass produces a NaN or infinite logit
+(the server answers that request with HTTP 500).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,9 +32,11 @@ __all__ = [
     "BACKENDS",
     "ONNX_FORMAT",
     "ONNX_FORMAT_VERSION",
+    "NonFiniteScoresError",
     "OnnxBackend",
     "PredictBackend",
     "TorchBackend",
+    "check_finite_weights",
     "load_backend",
 ]
 
@@ -82,6 +91,51 @@ def _check_images(images: np.ndarray, shape: tuple[int, int, int]) -> None:
         )
 
 
+class NonFiniteScoresError(ArithmeticError):
+    """The model produced a NaN or infinite logit: it has no answer for these images.
+
+    Attributes:
+        rows: indices (in the batch) of the images whose logits are not all finite.
+    """
+
+    def __init__(self, rows: list[int]) -> None:
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        super().__init__(f"the model produced non-finite scores for image(s) {shown}")
+        self.rows = rows
+
+
+def _check_logits(logits: np.ndarray) -> None:
+    """Raise NonFiniteScoresError if any logit is NaN or infinite (before the softmax, which
+    would turn a -inf logit into a plausible probability of 0)."""
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        raise NonFiniteScoresError([int(i) for i in np.flatnonzero(~finite)])
+
+
+def _non_finite_weights(what: str, name: str, bad: int, size: int) -> ConfigError:
+    return ConfigError(
+        f"{what} has non-finite weights: tensor {name!r} holds {bad} NaN or infinite value(s) "
+        f"of {size}; refusing to serve a broken model (its answers would be meaningless); "
+        "retrain it or serve another file"
+    )
+
+
+def check_finite_weights(model: torch.nn.Module, what: str = "the model") -> None:
+    """Refuse a model with a NaN or infinite parameter or buffer (e.g. a BatchNorm statistic).
+
+    Raises:
+        ConfigError: naming the first such tensor and how many of its values are bad.
+    """
+    # Buffers too: BatchNorm statistics, and the normalisation, which is not in the state dict.
+    for name, tensor in chain(model.named_parameters(), model.named_buffers()):
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        finite = torch.isfinite(tensor.detach())
+        if not bool(finite.all()):
+            bad = int(finite.numel() - int(finite.sum()))
+            raise _non_finite_weights(what, name, bad, int(tensor.numel()))
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -118,11 +172,16 @@ class TorchBackend(_Backend):
     The model is moved to the CPU and put in eval mode (in place). A lock serialises forward
     passes: FastAPI runs request handlers in a thread pool, and one model shared by several
     threads would only fight over the same CPU cores anyway.
+
+    Raises:
+        TypeError: ``model`` is not a Classifier.
+        ConfigError: a weight or buffer of the model is NaN or infinite (the message names it).
     """
 
     def __init__(self, model: Classifier) -> None:
         if not isinstance(model, Classifier):
             raise TypeError(f"TorchBackend expects a Classifier, got {type(model).__name__}")
+        check_finite_weights(model, f"model {model.spec.arch!r}")
         self._model = model.to("cpu").eval()
         spec = model.spec
         c, (h, w) = spec.in_channels, spec.input_size
@@ -138,7 +197,12 @@ class TorchBackend(_Backend):
         return {**super().description, "backend": "torch"}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """float32 ``(N, K)`` probabilities; raises TypeError/ValueError on a wrong array."""
+        """float32 ``(N, K)`` probabilities.
+
+        Raises:
+            TypeError, ValueError: a wrong array.
+            NonFiniteScoresError: a logit is NaN or infinite.
+        """
         _check_images(images, self.input_shape)
         # torch.tensor copies, so read-only arrays (e.g. from np.frombuffer) are fine.
         batch = torch.tensor(images)
@@ -146,8 +210,12 @@ class TorchBackend(_Backend):
         with self._lock, torch.inference_mode():
             for start in range(0, len(batch), _CHUNK):
                 # Same uint8 → float conversion as ownmark.metrics.predict, so labels agree.
-                logits = self._model(to_float_images(batch[start : start + _CHUNK]))
-                parts.append(torch.softmax(logits.float(), dim=1))
+                logits = self._model(to_float_images(batch[start : start + _CHUNK])).float()
+                try:
+                    _check_logits(logits.numpy())
+                except NonFiniteScoresError as exc:
+                    raise NonFiniteScoresError([start + row for row in exc.rows]) from None
+                parts.append(torch.softmax(logits, dim=1))
         if not parts:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         result: np.ndarray = torch.cat(parts).numpy().astype(np.float32, copy=False)
@@ -202,10 +270,12 @@ class OnnxBackend(_Backend):
 
     Uses the CPUExecutionProvider. The graph takes uint8 ``images`` and returns float32
     ``logits``; this backend applies the softmax. ``InferenceSession.run`` is thread-safe, so
-    there is no lock.
+    there is no lock. When the ``onnx`` package is installed (it comes with
+    ``ownmark[onnx]``), the graph's weights (initializers and constants) are checked to be
+    finite; onnxruntime alone cannot list them, and then only the answers are checked.
 
     Raises:
-        ConfigError: onnxruntime is not installed.
+        ConfigError: onnxruntime is not installed, or a weight is NaN or infinite.
         ModelFileError: the file is missing, not ONNX, or was not exported by ownmark.
     """
 
@@ -236,6 +306,7 @@ class OnnxBackend(_Backend):
         self._path = file
         self._version = metadata.get("ownmark_version", "unknown")
         self._check_signature()
+        _check_onnx_weights(file)
 
     def _check_signature(self) -> None:
         inputs = self._session.get_inputs()
@@ -265,7 +336,12 @@ class OnnxBackend(_Backend):
         }
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """float32 ``(N, K)`` probabilities; raises TypeError/ValueError on a wrong array."""
+        """float32 ``(N, K)`` probabilities.
+
+        Raises:
+            TypeError, ValueError: a wrong array.
+            NonFiniteScoresError: a logit is NaN or infinite.
+        """
         _check_images(images, self.input_shape)
         parts = [
             self._session.run(["logits"], {"images": np.ascontiguousarray(chunk)})[0]
@@ -273,7 +349,40 @@ class OnnxBackend(_Backend):
         ]
         if not parts:
             return np.zeros((0, self._num_classes), dtype=np.float32)
-        return _softmax(np.concatenate(parts))
+        logits = np.concatenate(parts)
+        _check_logits(logits)
+        return _softmax(logits)
+
+
+def _check_onnx_weights(path: Path) -> None:
+    """Refuse an ONNX graph with a non-finite weight (initializers and Constant nodes, in
+    subgraphs too), if the ``onnx`` package is there to read them.
+
+    Raises:
+        ConfigError: naming the first such tensor.
+    """
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return
+    graphs = [onnx.load(str(path)).graph]
+    while graphs:
+        graph = graphs.pop()
+        named = [(init.name, init) for init in graph.initializer]
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    named.append((f"{node.name or node.op_type}.{attr.name}", attr.t))
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+        for name, proto in named:
+            array = numpy_helper.to_array(proto)
+            if not np.issubdtype(array.dtype, np.inexact):
+                continue
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise _non_finite_weights(f"ONNX model {path}", name, bad, int(array.size))
 
 
 def load_backend(

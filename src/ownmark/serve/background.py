@@ -2,19 +2,28 @@
 
 Both bind the listening socket themselves before uvicorn starts, so port 0 (any free port)
 works and the URL printed or exposed is the one really served.
+
+Both also run uvicorn with the connection limits of the app's :class:`ServeConfig`: at most
+``max_connections`` open connections (uvicorn's ``limit_concurrency``: 503 beyond), idle
+keep-alive connections closed after 5 s (uvicorn's default), and a request head that must
+arrive within ``header_timeout`` (:class:`_GuardedH11Protocol`; uvicorn itself waits forever
+for a client that sends its headers a byte at a time). Request bodies are timed by the app
+(``body_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ownmark.errors import ConfigError
 from ownmark.serve.app import ServeConfig, create_app
@@ -56,9 +65,68 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+class _GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for each request head.
+
+    Armed when the connection opens and again when an answer has been sent; when it fires and
+    no request is being answered (the head has not arrived, or an answered request's body is
+    still being drained), the connection is closed. Unlike uvicorn's keep-alive timer, it is
+    not reset by incoming bytes, so a client that trickles its headers is cut too.
+    """
+
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; the app times its body
+        self.transport.close()  # connection_lost does the h11 bookkeeping
+
+
 def _uvicorn_config(app: FastAPI) -> uvicorn.Config:
+    config = getattr(app.state, "ownmark_config", None)
+    if not isinstance(config, ServeConfig):
+        config = ServeConfig()
+    protocol = type(
+        "_GuardedH11Protocol", (_GuardedH11Protocol,), {"header_timeout": config.header_timeout}
+    )
     # Quiet: uvicorn's own access log is off, the app logs each request as JSON itself.
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http=protocol,
+        limit_concurrency=config.max_connections,
+    )
 
 
 class BackgroundServer:

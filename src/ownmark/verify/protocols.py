@@ -11,15 +11,22 @@ Three ways to reach a suspect, all implementing :class:`~ownmark.verify.suspects
 
 The HTTP suspects share one transport that retries transient failures (connection errors,
 timeouts, 429 and 5xx) with seeded, jittered exponential backoff, honours ``Retry-After`` and
-spaces requests to a rate limit. Every answer is validated here: a suspect returns exactly
-one integer label per image, or raises :class:`QueryError` with a one-line cause. The
-verifier records raised errors and never counts them as matches, so garbage in an answer can
-only make a verification inconclusive, never "owned".
+spaces requests to a rate limit. The suspect's server is not trusted, so the transport also
+bounds what it can cost (:class:`HttpPolicy`): a deadline per request however slowly the
+answer trickles in, a time budget for the whole run, a cap on ``Retry-After``, a cap on the
+bytes read from an answer, and no redirects.
+
+Every answer is validated here: a suspect returns exactly one answer per image, an integer
+label or an :class:`~ownmark.verify.suspects.InvalidAnswer` where the image's scores name no
+class (tied for the top, NaN, infinite), or raises :class:`QueryError` with a one-line cause.
+The verifier records both as failed queries and never counts them as matches, so garbage in
+an answer can only make a verification inconclusive, never "owned".
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import importlib
@@ -31,17 +38,20 @@ import math
 import os
 import random
 import re
+import ssl
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
+import httpcore
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -49,13 +59,14 @@ import torch
 
 from ownmark import __version__
 from ownmark.errors import ConfigError, OwnmarkError
-from ownmark.verify.suspects import Suspect
+from ownmark.verify.suspects import InvalidAnswer, Suspect, labels_from_scores
 
 __all__ = [
     "ANSWER_KINDS",
     "ENCODINGS",
     "PROTOCOLS",
     "Adapter",
+    "Answer",
     "CallableSuspect",
     "HttpPolicy",
     "QueryError",
@@ -99,35 +110,77 @@ def _one_line(text: object, limit: int = _MESSAGE_CHARS) -> str:
 # ---------------------------------------------------------------------------------------------
 # HTTP policy and transport
 
+_MIB: Final = 2**20
+#: How much of an error answer (4xx, 5xx) is read: enough for its message, never more.
+_ERROR_BODY_BYTES: Final = 64 * 1024
+#: Slack when telling "the deadline cut the request" from "the server went quiet".
+_DEADLINE_SLACK_S: Final = 0.05
+#: Request bodies are written in parts, so that the deadline is checked between them.
+_WRITE_PART_BYTES: Final = 64 * 1024
+
 
 @dataclass(frozen=True)
 class HttpPolicy:
-    """How an HTTP suspect is queried.
+    """How an HTTP suspect is queried, and how much a hostile one can cost the verifier.
+
+    A suspect's API is not trusted: it may answer slowly on purpose, without end, or with
+    gigabytes. Every limit below turns such behaviour into a failed query (which the verifier
+    records as an error, never as a match) instead of a stalled or exhausted verifier.
 
     Attributes:
-        timeout: seconds to wait for each request (default 10.0).
+        timeout: seconds the server may stay silent: to connect, and between any two pieces of
+            the answer (default 10.0). A server that sends one byte every few seconds never
+            trips it; ``deadline`` catches that one.
         retries: retries after a transient failure (default 3): connection errors, timeouts,
             HTTP 429, 500, 502, 503 and 504. Other HTTP errors fail at once.
         backoff: seconds to wait before the first retry (default 0.5); the wait doubles on
             every retry and is scaled by a seeded random factor in [0.5, 1] (jitter).
         max_backoff: longest wait between retries, before jitter (default 30.0).
-        max_retry_after: longest ``Retry-After`` the client honours (default 120.0); a server
-            asking for more fails the query instead of stalling it.
+        max_retry_after: longest ``Retry-After`` the client honours (default 30.0); a server
+            asking for more fails the query at once instead of stalling it (``Retry-After:
+            3600`` would otherwise hold the verification for an hour per request).
         rate_limit: most requests per second (default None: no limit).
         token: bearer token sent as ``Authorization: Bearer <token>`` (default None).
         headers: extra request headers as (name, value) pairs (default none).
         verify_tls: check HTTPS certificates (default True).
+        deadline: most seconds one HTTP request may take from connecting to the last byte of
+            the answer, however steadily the server trickles it (default 60.0; None: no
+            limit). It is enforced at every socket read and write, so a request ends at the
+            deadline, not one ``timeout`` later. Each retry gets a fresh deadline. With an
+            ``httpx.Client`` of your own (or a proxy from the environment) it is checked only
+            between the pieces of the answer.
+        total_seconds: the time budget of everything the suspect does, counted from its first
+            request: requests, retries, backoff, ``Retry-After`` and rate-limit waits
+            (default 600.0; None: no budget). Once spent, every further request fails at once
+            with "time budget exhausted"; a wait that would end past it fails right away, and
+            a request never runs past it.
+        max_response_bytes: the largest answer read, after decompression (default 8 MiB,
+            about 30 times the probabilities of 32 images of 1000 classes). A larger answer
+            fails the query (not retried) as soon as the limit is passed; the rest is never
+            read, so a 1 GB answer costs at most this much memory. Error answers are read
+            only up to 64 KiB, for their message.
+
+    Redirects (3xx) are never followed. The evidence names the address that was queried, so
+    its answers must come from there: a redirect fails the query with the target named, and a
+    redirect to another scheme, host or port says so (following it would hand the key images
+    and the token to a server that is not the suspect).
+
+    Raises:
+        ConfigError: a value is out of range.
     """
 
     timeout: float = 10.0
     retries: int = 3
     backoff: float = 0.5
     max_backoff: float = 30.0
-    max_retry_after: float = 120.0
+    max_retry_after: float = 30.0
     rate_limit: float | None = None
     token: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     verify_tls: bool = True
+    deadline: float | None = 60.0
+    total_seconds: float | None = 600.0
+    max_response_bytes: int = 8 * _MIB
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
@@ -140,6 +193,13 @@ class HttpPolicy:
         _non_negative("max_retry_after", self.max_retry_after)
         if self.rate_limit is not None:
             _positive("rate_limit", self.rate_limit)
+        if self.deadline is not None:
+            _positive("deadline", self.deadline)
+        if self.total_seconds is not None:
+            _positive("total_seconds", self.total_seconds)
+        size = self.max_response_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"max_response_bytes must be a positive whole number, got {size!r}")
         if self.token is not None and (not self.token or _has_space(self.token)):
             raise ConfigError(
                 "the token must be non-empty without spaces or line breaks; "
@@ -181,10 +241,196 @@ def _has_space(text: str) -> bool:
     return any(c.isspace() or ord(c) < 32 for c in text)
 
 
+def _size(n: int) -> str:
+    """A byte count for messages: "8 MiB", "64 KiB", "100 bytes"."""
+    if n >= _MIB and n % _MIB == 0:
+        return f"{n // _MIB} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} bytes"
+
+
 _DEFAULT_POLICY: Final = HttpPolicy()
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
+
+
+# --- the deadline, enforced at the socket ----------------------------------------------------
+
+
+class _Deadline:
+    """The running request's deadline on ``time.monotonic()``, shared with its sockets.
+
+    httpx has timeouts per read but no deadline per request: a server that sends one byte
+    every few seconds, in its headers or its body, would hold a request forever. Every socket
+    read and write of the transport's connections asks :meth:`cap` for its timeout, which is
+    never beyond the deadline.
+    """
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def cap(self, timeout: float | None, error: type[Exception]) -> float | None:
+        """``timeout`` shortened to what is left before the deadline; ``error`` if none is."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise error("the request's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.cap(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # In parts: one write of a large buffer to a server that reads slowly could otherwise
+        # block for a full timeout per socket send.
+        for start in range(0, len(buffer), _WRITE_PART_BYTES):
+            part = buffer[start : start + _WRITE_PART_BYTES]
+            self._stream.write(part, self._deadline.cap(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.cap(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, limit), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own sockets, wrapped in :class:`_DeadlineStream`."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.cap(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, limit, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        limit = self._deadline.cap(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_unix_socket(path, limit, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+# httpcore's errors as the httpx errors callers catch; the most specific first.
+_CORE_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _CORE_ERRORS:
+            if isinstance(exc, core):
+                raise mapped(str(exc)) from exc
+        raise
+
+
+class _CoreStream(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if callable(close):
+            close()
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport, on sockets that honour :class:`_Deadline`."""
+
+    def __init__(self, verify_tls: bool, deadline: _Deadline) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify_tls),
+            network_backend=_DeadlineBackend(deadline),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = self._pool.handle_request(core)
+        assert isinstance(response.stream, Iterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_CoreStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --- requests ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -209,8 +455,20 @@ class _Failure:
         return f"{text}; {self.hint}" if self.hint else text
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """The decoded JSON of a successful attempt."""
+
+    payload: object
+
+
+class _Expired(Exception):
+    """The deadline passed between two pieces of the answer."""
+
+
 class _Transport:
-    """Sends JSON requests with retries, backoff, ``Retry-After`` and a rate limit.
+    """Sends JSON requests with retries, backoff, ``Retry-After``, a rate limit and the limits of
+    :class:`HttpPolicy` (deadline, time budget, answer size, no redirects).
 
     Not thread-safe: one suspect queries one batch at a time.
     """
@@ -227,12 +485,22 @@ class _Transport:
         if not isinstance(policy, HttpPolicy):
             raise ConfigError(f"policy must be an HttpPolicy, got {type(policy).__name__}")
         self.policy = policy
+        self._deadline = _Deadline()
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(verify=policy.verify_tls)
+        self._client = (
+            client
+            if client is not None
+            else httpx.Client(
+                # verify also reaches the transports httpx makes for proxies from the environment.
+                verify=policy.verify_tls,
+                transport=_DeadlineTransport(policy.verify_tls, self._deadline),
+            )
+        )
         self._sleep = sleep
         self._clock = clock
         self._random = random.Random(seed)
         self._last_start: float | None = None
+        self._budget_start: float | None = None
         self.requests_sent = 0
         self.retries_done = 0
 
@@ -251,7 +519,8 @@ class _Transport:
         """Send a request and return the answer's decoded JSON.
 
         Raises:
-            QueryError: the request failed for good, or the answer is not JSON.
+            QueryError: the request failed for good, the answer is not JSON or too large, or
+                the time budget is spent.
         """
         content = None
         send_headers = self._headers(headers or {})
@@ -260,46 +529,63 @@ class _Transport:
             send_headers["Content-Type"] = "application/json"
         attempt = 0
         while True:
+            self._check_budget()
             self._pace()
             self.requests_sent += 1
-            try:
-                response = self._client.request(
-                    method, url, content=content, headers=send_headers, timeout=self.policy.timeout
-                )
-            except httpx.TimeoutException:
-                failure = _Failure(
-                    f"{method} {url} timed out",
-                    f"no answer within {self.policy.timeout} s",
-                    "raise --timeout if the server is slow",
-                )
-            except httpx.ConnectError as exc:
-                failure = _Failure(
-                    f"cannot connect to {_origin(url)} ({_reason(exc)})",
-                    hint="is the server running?",
-                )
-            except httpx.UnsupportedProtocol as exc:
-                raise QueryError(f"cannot query {url}: {_reason(exc)}") from exc
-            except httpx.TransportError as exc:
-                failure = _Failure(f"the connection to {_origin(url)} failed ({_reason(exc)})")
-            except httpx.InvalidURL as exc:
-                raise QueryError(f"cannot query {url}: {_reason(exc)}") from exc
-            else:
-                if response.is_success:
-                    return _decode_json(response, url)
-                failure = self._http_failure(response, url)
-            if not failure.retry or attempt >= self.policy.retries:
-                raise QueryError(failure.message(attempt))
-            self._sleep(failure.wait if failure.wait is not None else self._backoff(attempt))
+            outcome = self._attempt(method, url, content, send_headers)
+            if isinstance(outcome, _Answer):
+                return outcome.payload
+            if not outcome.retry or attempt >= self.policy.retries:
+                raise QueryError(outcome.message(attempt))
+            wait = outcome.wait if outcome.wait is not None else self._backoff(attempt)
+            self._wait(wait, outcome.message(attempt))
             attempt += 1
             self.retries_done += 1
 
     def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
-        headers = {"User-Agent": f"ownmark/{__version__}", "Accept": "application/json"}
+        headers = {
+            "User-Agent": f"ownmark/{__version__}",
+            "Accept": "application/json",
+            # Compressed answers could expand far beyond their size on the wire.
+            "Accept-Encoding": "identity",
+        }
         headers.update(self.policy.headers)
         headers.update(extra)
         if self.policy.token is not None:
             headers["Authorization"] = f"Bearer {self.policy.token}"
         return headers
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def _budget_left(self) -> float | None:
+        """Seconds left of the time budget (all of it before the first request), or None."""
+        total = self.policy.total_seconds
+        if total is None:
+            return None
+        if self._budget_start is None:
+            return total
+        return total - (self._clock() - self._budget_start)
+
+    def _check_budget(self) -> None:
+        if self._budget_start is None:
+            self._budget_start = self._clock()
+        left = self._budget_left()
+        if left is not None and left <= 0:
+            raise QueryError(
+                f"time budget exhausted: the {self.policy.total_seconds:g} s allowed for "
+                "querying this suspect are spent, so no further request is sent; raise "
+                "--time-budget to allow more"
+            )
+
+    def _wait(self, seconds: float, why: str) -> None:
+        """Sleep ``seconds``, or fail now if that would pass the time budget."""
+        left = self._budget_left()
+        if left is not None and seconds >= left:
+            raise QueryError(
+                f"{why}; time budget exhausted: waiting {seconds:.3g} s more would pass the "
+                f"{self.policy.total_seconds:g} s allowed for this suspect (--time-budget)"
+            )
+        self._sleep(seconds)
 
     def _pace(self) -> None:
         """Wait until the rate limit allows the next request."""
@@ -308,7 +594,7 @@ class _Transport:
         interval = 1.0 / self.policy.rate_limit
         now = self._clock()
         if self._last_start is not None and now - self._last_start < interval:
-            self._sleep(interval - (now - self._last_start))
+            self._wait(interval - (now - self._last_start), "the rate limit holds the request")
             now = self._clock()
         self._last_start = now
 
@@ -316,12 +602,78 @@ class _Transport:
         cap = min(self.policy.max_backoff, self.policy.backoff * 2.0**attempt)
         return cap * self._random.uniform(0.5, 1.0)
 
-    def _http_failure(self, response: httpx.Response, url: str) -> _Failure:
+    # --- one attempt --------------------------------------------------------------------------
+
+    def _attempt(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str]
+    ) -> _Answer | _Failure:
+        """One HTTP request, bounded by the deadline and what is left of the budget."""
+        deadline, budget = self.policy.deadline, self._budget_left()
+        limit = (
+            budget if deadline is None else deadline if budget is None else min(deadline, budget)
+        )
+        cut_by_budget = limit is not None and limit != deadline
+        expires = None if limit is None else time.monotonic() + limit
+        self._deadline.at = expires
+        try:
+            with self._client.stream(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                timeout=self.policy.timeout,
+                follow_redirects=False,
+            ) as response:
+                return self._answer(response, url, expires)
+        except (httpx.TimeoutException, _Expired):
+            if expires is not None and time.monotonic() >= expires - _DEADLINE_SLACK_S:
+                if cut_by_budget:
+                    return _Failure(
+                        "time budget exhausted",
+                        f"{method} {url} was cut off when the {self.policy.total_seconds:g} s "
+                        "allowed for this suspect ran out",
+                        "raise --time-budget to allow more",
+                        retry=False,
+                    )
+                return _Failure(
+                    f"{method} {url} timed out",
+                    f"no complete answer within the {deadline:g} s deadline",
+                    "raise --deadline if the server is this slow",
+                )
+            return _Failure(
+                f"{method} {url} timed out",
+                f"no answer within {self.policy.timeout} s",
+                "raise --timeout if the server is slow",
+            )
+        except httpx.ConnectError as exc:
+            return _Failure(
+                f"cannot connect to {_origin(url)} ({_reason(exc)})",
+                hint="is the server running?",
+            )
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise QueryError(f"cannot query {url}: {_reason(exc)}") from exc
+        except httpx.TransportError as exc:
+            return _Failure(f"the connection to {_origin(url)} failed ({_reason(exc)})")
+        finally:
+            self._deadline.at = None
+
+    def _answer(
+        self, response: httpx.Response, url: str, expires: float | None
+    ) -> _Answer | _Failure:
         status = response.status_code
+        if 300 <= status < 400:
+            return _redirect_failure(response, url)
+        if response.is_success:
+            limit = self.policy.max_response_bytes
+            return _Answer(_decode_json(_read_body(response, url, limit, expires), url))
+        text = _read_body(response, url, _ERROR_BODY_BYTES, expires, truncate=True)
+        return self._http_failure(status, response.headers, text, url)
+
+    def _http_failure(self, status: int, headers: httpx.Headers, body: bytes, url: str) -> _Failure:
         cause = f"HTTP {status} from {url}"
-        detail = _server_message(response)
+        detail = _server_message(body)
         if status in _RETRY_STATUSES:
-            wait = _retry_after(response) if status in (429, 503) else None
+            wait = _retry_after(headers) if status in (429, 503) else None
             if wait is not None and wait > self.policy.max_retry_after:
                 return _Failure(
                     cause,
@@ -348,14 +700,111 @@ class _Transport:
             hint = "check the URL and the model name"
         elif status == 413:
             hint = "the batch is too large for the server; lower --batch"
-        elif 300 <= status < 400:
-            location = response.headers.get("Location")
-            hint = (
-                f"the server redirects to {_one_line(location)}; use that URL" if location else ""
-            )
         else:
             hint = ""
         return _Failure(cause, detail, hint, retry=False)
+
+
+def _read_body(
+    response: httpx.Response,
+    url: str,
+    limit: int,
+    expires: float | None,
+    *,
+    truncate: bool = False,
+) -> bytes:
+    """The answer's body, decompressed, never holding more than ``limit`` + 1 bytes of it.
+
+    Beyond ``limit`` it stops reading: with ``truncate`` it returns the first ``limit`` bytes,
+    else it raises QueryError. gzip and deflate (which the client does not ask for) are
+    decompressed in bounded steps, so a small compressed answer cannot expand without limit.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    decoder: Any = None
+    if encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    elif encoding not in ("", "identity"):
+        raise QueryError(
+            f"the answer from {url} is compressed with {_one_line(encoding, 40)!r}, which this "
+            "client does not read (it asks for no compression)"
+        )
+
+    def too_large() -> QueryError:
+        return QueryError(
+            f"the answer from {url} is larger than {_size(limit)}, the most this client reads; "
+            "it stopped reading there (raise --max-response-mb if the answer is genuine)"
+        )
+
+    declared = response.headers.get("Content-Length", "").strip()
+    if not truncate and decoder is None and declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_raw():
+            if expires is not None and time.monotonic() > expires:
+                raise _Expired
+            pending = chunk
+            while pending:
+                if decoder is None:
+                    out, pending = pending, b""
+                else:
+                    before = pending
+                    out = decoder.decompress(pending, limit - size + 1)
+                    pending = decoder.unconsumed_tail
+                    if not out and pending == before:
+                        break  # no progress: let the next chunk (or the end) decide
+                size += len(out)
+                if size > limit:
+                    if not truncate:
+                        raise too_large()
+                    parts.append(out[: len(out) - (size - limit)])
+                    return b"".join(parts)
+                parts.append(out)
+    except zlib.error as exc:
+        raise QueryError(
+            f"the answer from {url} is not valid {encoding} ({_one_line(exc, 80)})"
+        ) from exc
+    return b"".join(parts)
+
+
+def _origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if unparsable."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port if port is not None else default
+
+
+def _redirect_failure(response: httpx.Response, url: str) -> _Failure:
+    """Why a redirect is not followed (never retried)."""
+    cause = f"HTTP {response.status_code} from {url}"
+    location = response.headers.get("Location", "").strip()
+    if not location:
+        return _Failure(cause, "a redirect without a Location", retry=False)
+    target = urljoin(url, location)
+    origin = _origin_of(url)
+    if origin is None or _origin_of(target) != origin:
+        return _Failure(
+            cause,
+            f"the server redirects to another server, {_one_line(target, 120)}",
+            "ownmark never follows redirects, least of all to another scheme, host or port, "
+            "where the key images and the token would go to a server that is not the suspect",
+            retry=False,
+        )
+    return _Failure(
+        cause,
+        f"the server redirects to {_one_line(target, 120)}",
+        "ownmark does not follow redirects (the evidence names the address that answered); "
+        "query that URL instead",
+        retry=False,
+    )
 
 
 def _origin(url: str) -> str:
@@ -369,18 +818,18 @@ def _reason(exc: BaseException) -> str:
     return text[:1].lower() + text[1:] if text else type(exc).__name__
 
 
-def _decode_json(response: httpx.Response, url: str) -> object:
+def _decode_json(body: bytes, url: str) -> object:
     try:
-        return json.loads(response.content)
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise QueryError(f"malformed JSON in the answer from {url} ({_one_line(exc, 80)})") from exc
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(body: bytes) -> str:
     """The server's error text: the ``error`` (or ``detail``, ``message``) field, else the body."""
-    text: object = response.text
+    text: object = body.decode("utf-8", errors="replace")
     try:
-        payload = json.loads(response.content)
+        payload = json.loads(body)
     except (ValueError, RecursionError):
         payload = None
     if isinstance(payload, dict):
@@ -392,9 +841,9 @@ def _server_message(response: httpx.Response) -> str:
     return _one_line(text) or "(empty answer)"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(headers: httpx.Headers) -> float | None:
     """Seconds from a ``Retry-After`` header (seconds or an HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
+    value = headers.get("Retry-After", "").strip()
     if not value:
         return None
     if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
@@ -404,7 +853,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
     # Measured against the server's own Date header when it sends one, so clock skew between
     # the machines does not matter.
-    now = _http_date(response.headers.get("Date", "")) or datetime.now(timezone.utc)
+    now = _http_date(headers.get("Date", "")) or datetime.now(timezone.utc)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -418,6 +867,15 @@ def _http_date(text: str) -> datetime | None:
 
 # ---------------------------------------------------------------------------------------------
 # answers
+#
+# A label answer is taken as it is (out-of-range labels are the verifier's to refuse). Scores
+# are different: the label they name is their argmax, and an argmax over scores that tie for
+# the top, or that are NaN or infinite, picks the first index, so a broken or uniform model
+# would read as a confident "class 0". Such a row gives an InvalidAnswer for its image (which
+# the verifier records as a failed query), while the other images of the batch keep theirs.
+
+#: One image's answer: its label, or why it has none.
+Answer = int | InvalidAnswer
 
 
 def _as_label(value: object, where: str) -> int:
@@ -431,22 +889,32 @@ def _as_label(value: object, where: str) -> int:
     raise QueryError(f"{where} is {_one_line(repr(value), 40)}, not an integer label")
 
 
-def _argmax(row: Sequence[object], where: str) -> int:
-    """The index of the highest score; NaN or non-numbers are a QueryError."""
-    best = 0
-    best_score = -math.inf
-    for index, raw in enumerate(row):
-        score = raw.item() if isinstance(raw, np.generic) else raw
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            raise QueryError(f"{where} holds {_one_line(repr(score), 40)}, not a score")
-        if isinstance(score, float) and math.isnan(score):
-            raise QueryError(f"{where} holds a NaN score")
-        if index == 0 or score > best_score:
-            best, best_score = index, score
-    return best
+def _score(raw: object, where: str) -> float:
+    """A score as a float; an integer too large for a float becomes ±inf (non-finite)."""
+    value = raw.item() if isinstance(raw, np.generic) else raw
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise QueryError(f"{where} holds {_one_line(repr(value), 40)}, not a score")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
-def _answer_to_label(value: object, where: str) -> int:
+def _score_rows(rows: Sequence[Sequence[object]], where: Callable[[int], str]) -> torch.Tensor:
+    """Rows of equally many JSON scores as an N×K float64 tensor (QueryError on non-numbers)."""
+    return torch.tensor(
+        [[_score(v, where(i)) for v in row] for i, row in enumerate(rows)], dtype=torch.float64
+    )
+
+
+def _top_labels(rows: Sequence[Sequence[object]], where: Callable[[int], str]) -> list[Answer]:
+    """The argmax of each row of scores, or InvalidAnswer (tie for the top, NaN, ±inf)."""
+    if not rows:
+        return []
+    return labels_from_scores(_score_rows(rows, where))
+
+
+def _answer_to_label(value: object, where: str) -> Answer:
     """A label from one free-form answer: an integer, an integer string, or a row of scores."""
     if isinstance(value, np.ndarray | torch.Tensor):
         value = value.tolist()
@@ -456,16 +924,18 @@ def _answer_to_label(value: object, where: str) -> int:
         # One score says nothing about which class wins, so it is refused rather than argmax'd.
         if len(value) < 2:
             raise QueryError(f"{where} is a list of {len(value)} values; expected 2 or more scores")
-        return _argmax(value, where)
+        return _top_labels([value], lambda _: where)[0]
     return _as_label(value, where)
 
 
-def normalize_answers(answers: object, count: int) -> list[int]:
+def normalize_answers(answers: object, count: int) -> list[Answer]:
     """Validate free-form answers (from a template or a Python adapter) into ``count`` labels.
 
     Each answer may be an integer label (ints, integer-valued floats, numpy scalars, or a
     string of digits) or a row of at least two scores, taken as its argmax. A numpy array or
-    tensor is first turned into lists.
+    tensor is first turned into lists. A row of scores that ties for the top or holds NaN or
+    ±inf (``Infinity`` in JSON, or a number too large for a float) names no class: that
+    image's answer is an :class:`~ownmark.verify.suspects.InvalidAnswer`.
 
     Raises:
         QueryError: not a list of ``count`` answers, or an answer is not a label or scores.
@@ -587,7 +1057,12 @@ def _candidates(outputs: Sequence[_Output], kind: str) -> list[_Output]:
 _KIND_WORDS: Final = {"label": "labels", "topk": "top-k labels", "probabilities": "probabilities"}
 
 
-def _decode(kind: str, output: _Output, count: int) -> list[int]:
+def _rows(output: _Output, count: int) -> list[list[object]]:
+    width = output.shape[1]
+    return [output.data[i * width : (i + 1) * width] for i in range(count)]
+
+
+def _decode(kind: str, output: _Output, count: int) -> list[Answer]:
     where = f"output {_one_line(output.name, 40)!r}"
     shape = output.shape
     if kind == "label":
@@ -605,15 +1080,80 @@ def _decode(kind: str, output: _Output, count: int) -> list[int]:
         raise QueryError(f"{where} has 1 score per image; an argmax needs 2 or more")
     if kind == "topk":
         return [_as_label(output.data[i * width], f"a label in {where}") for i in range(count)]
-    return [
-        _argmax(output.data[i * width : (i + 1) * width], f"row {i} of {where}")
-        for i in range(count)
-    ]
+    return _top_labels(_rows(output, count), lambda i: f"row {i} of {where}")
+
+
+def _companion_claims(output: _Output, count: int) -> list[Answer | None] | None:
+    """What another output of the answer says about each image's label, if it says anything.
+
+    ``label``/``labels`` [N] and the first column of ``topk_labels`` [N, k] name a label;
+    ``probabilities`` [N, K] names its argmax (or InvalidAnswer); ``topk_scores`` [N, k] must
+    rank its first entry strictly highest (else InvalidAnswer) and says nothing more (None).
+    Outputs of another shape or name say nothing (None for the whole output).
+    """
+    name, shape = output.name.lower(), output.shape
+    where = f"output {_one_line(output.name, 40)!r}"
+    if not shape or shape[0] != count:
+        return None
+    if name in _LABEL_NAMES and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        return [_as_label(v, f"a label in {where}") for v in output.data]
+    if len(shape) != 2 or shape[1] < 1:
+        return None
+    width = shape[1]
+    if name == "topk_labels":
+        return [_as_label(output.data[i * width], f"a label in {where}") for i in range(count)]
+    if name == "probabilities" and width >= 2:
+        return list(_top_labels(_rows(output, count), lambda i: f"row {i} of {where}"))
+    if name != "topk_scores":
+        return None
+    scores = _score_rows(_rows(output, count), lambda i: f"row {i} of {where}")
+    if width == 1:
+        return [
+            None if bool(torch.isfinite(row).all()) else InvalidAnswer("non-finite scores")
+            for row in scores
+        ]
+    ranked: list[Answer | None] = []
+    for claim in labels_from_scores(scores):
+        if isinstance(claim, InvalidAnswer):
+            ranked.append(claim)
+        elif claim != 0:
+            ranked.append(InvalidAnswer("the top-k scores do not rank the first label highest"))
+        else:
+            ranked.append(None)
+    return ranked
+
+
+def _screen(answers: list[Answer], chosen: _Output, outputs: Sequence[_Output]) -> list[Answer]:
+    """Labels checked against the other outputs of the same answer.
+
+    A server that answers a label and, beside it, scores that tie for the top (or NaN) broke
+    the tie itself; a label that disagrees with its own top-k list or probabilities is
+    ambiguous. Either way that image's label is not taken (InvalidAnswer).
+    """
+    count = len(answers)
+    screened = list(answers)
+    for output in outputs:
+        if output is chosen:
+            continue
+        claims = _companion_claims(output, count)
+        if claims is None:
+            continue
+        for i, claim in enumerate(claims):
+            if claim is None or not isinstance(screened[i], int):
+                continue
+            if isinstance(claim, InvalidAnswer):
+                screened[i] = claim
+            elif claim != screened[i]:
+                screened[i] = InvalidAnswer(
+                    f"the answer's outputs disagree ({_one_line(output.name, 40)!r} says "
+                    f"{claim}, not {screened[i]})"
+                )
+    return screened
 
 
 def parse_v2_response(
     payload: object, count: int, answer: str = "auto", *, request_id: str | None = None
-) -> list[int]:
+) -> list[Answer]:
     """The ``count`` labels in an Open Inference Protocol answer (decoded JSON).
 
     ``answer`` picks the output (default "auto"):
@@ -628,9 +1168,18 @@ def parse_v2_response(
     Data may be flat or nested. ``request_id``, when given, must match the answer's ``id``
     if it has one.
 
+    An image gets an :class:`~ownmark.verify.suspects.InvalidAnswer` instead of a label when
+    its scores name no class: a row of probabilities whose top score is tied (uniform
+    probabilities included) or that holds NaN or ±inf (JSON ``NaN``, ``Infinity``, or a
+    number too large for a float). A label or top-k answer is also cross-checked against the
+    other outputs the answer carries (``label``, ``topk_labels``, ``topk_scores``,
+    ``probabilities``): scores beside it that tie for the top or are not finite, or an output
+    that names another label, make that image's answer invalid too. The verifier records an
+    InvalidAnswer as a failed query, never a match.
+
     Raises:
         QueryError: the answer is malformed, lacks the output, has the wrong number of
-            answers, non-integer labels or NaN scores.
+            answers or non-integer labels.
     """
     if answer not in ANSWER_KINDS:
         raise ConfigError(
@@ -647,7 +1196,8 @@ def parse_v2_response(
                 "cannot tell which one is the prediction"
             )
         if found:
-            return _decode(kind, found[0], count)
+            answers = _decode(kind, found[0], count)
+            return answers if kind == "probabilities" else _screen(answers, found[0], outputs)
     described = ", ".join(o.describe() for o in outputs) or "no outputs"
     if answer == "auto":
         raise QueryError(
@@ -890,7 +1440,7 @@ class V2Suspect(_HttpSuspect):
                 f"images are {wanted}; use a key made for this model's input size"
             )
 
-    def query(self, images: torch.Tensor) -> list[int]:
+    def query(self, images: torch.Tensor) -> list[Answer]:
         """The top-1 label for each image, from one infer request.
 
         Raises:
@@ -1119,7 +1669,7 @@ class TemplateSuspect(_HttpSuspect):
     def address(self) -> str:
         return self._url
 
-    def query(self, images: torch.Tensor) -> list[int]:
+    def query(self, images: torch.Tensor) -> list[Answer]:
         """One label per image, from one request.
 
         Raises:
@@ -1168,7 +1718,7 @@ class CallableSuspect:
     def address(self) -> str:
         return self._address
 
-    def query(self, images: torch.Tensor) -> list[int]:
+    def query(self, images: torch.Tensor) -> list[Answer]:
         batch = _image_batch(images)
         count = int(batch.shape[0])
         if count == 0:
