@@ -369,6 +369,8 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
             "content",
             "-p",
             "font_size=30",
+            "-p",
+            "text=TEST",
             "--out",
             "{OUT}/K3",
             "--num-keys",
@@ -454,7 +456,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "too-many-keys": (
         ["keygen", "--scheme", "content", "--num-keys", "100000", "--out", "{OUT}/K"],
-        ["num_keys=100000", "class 1"],
+        ["training images", "but the key needs", "lower num_keys"],
     ),
     "noise-std-out-of-range": (
         ["keygen", "--scheme", "noise", "-p", "std=2", "--num-keys", "10", "--out", "{OUT}/K"],

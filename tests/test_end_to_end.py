@@ -49,6 +49,7 @@ def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
         tmp_path / "w.safetensors",
     )
     assert _ownmark("keygen", "--scheme", "noise", "--out", key, "--num-keys", "50").returncode == 0
+    committed = load_key(key).commitment
     assert _ownmark("train", "--epochs", "3", "--out", clean).returncode == 0
     done = _ownmark(
         "embed",
@@ -57,7 +58,7 @@ def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
         "--epochs",
         "4",
         "--key-ratio",
-        "0.15",
+        "0.35",
         "--seed",
         "1",
         "--out",
@@ -67,7 +68,13 @@ def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
     metrics = json.loads(marked.with_suffix(".json").read_text())
     assert metrics["watermark_accuracy"] >= 0.95
     assert metrics["seed"] == 1 and metrics["config"]["epochs"] == 4 and metrics["seconds"] > 0
-    assert metrics["key_commitment"] == load_key(key).commitment
+    assert metrics["key_commitment"] == committed
+    # embed rewrote the key: its commitment now binds the released model file.
+    import hashlib
+
+    bound = load_key(key)
+    assert bound.released_model_sha256 == hashlib.sha256(marked.read_bytes()).hexdigest()
+    assert bound.commitment != committed and "time-stamp it" in done.stdout
 
     owned = _ownmark(
         "verify",

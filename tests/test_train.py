@@ -86,7 +86,9 @@ def test_key_repeats_reach_the_ratio() -> None:
 
 
 def test_embedding_learns_the_key(small_digits: DataSplits) -> None:
-    key = create_scheme("content", num_keys=20).generate(small_digits, seed=0)
+    key = create_scheme("content", num_keys=20, source_class=1, target_class=0).generate(
+        small_digits, seed=0
+    )
     model = new_model("zhang_mnist", small_digits, seed=0)
     result = fit(
         model,

@@ -180,6 +180,30 @@ def _add_remote(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retries", type=int, default=3, help="retries per request, default 3")
     parser.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        help="most seconds one request may take, connect to last byte, default 60",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=600.0,
+        help="most seconds the whole run may spend on the suspect, waits included, default 600",
+    )
+    parser.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=30.0,
+        help="longest Retry-After honoured in seconds (longer fails the request), default 30",
+    )
+    parser.add_argument(
+        "--max-response-mb",
+        type=float,
+        default=8.0,
+        help="largest answer read, in MiB after decompression, default 8",
+    )
+    parser.add_argument(
         "--rate-limit", type=float, metavar="RPS", help="most requests per second to send"
     )
 
@@ -346,6 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", help="require this bearer token (default: OWNMARK_SERVE_TOKEN if set)"
     )
     serve.add_argument("--access-log", type=Path, help="JSON-lines access log (default stderr)")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=8,
+        help="inference requests at once (beyond: 503 Retry-After), default 8",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a request body (else 408), default 10",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a request head (else the connection is closed), default 10",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=256, help="open connections at most, default 256"
+    )
     _add_allow_factory(serve)
 
     export = commands.add_parser("export", help="export a model file to ONNX")
@@ -718,6 +763,10 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
     policy = HttpPolicy(
         timeout=args.timeout,
         retries=args.retries,
+        deadline=args.deadline,
+        total_seconds=args.time_budget,
+        max_retry_after=args.max_retry_after,
+        max_response_bytes=int(args.max_response_mb * 2**20),
         rate_limit=args.rate_limit,
         token=args.token or os.environ.get("OWNMARK_TOKEN") or None,
     )
@@ -905,6 +954,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         token=args.token or os.environ.get("OWNMARK_SERVE_TOKEN") or None,
         access_log=str(args.access_log) if args.access_log is not None else None,
+        max_concurrency=args.max_concurrency,
+        body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
     )
     if config.access_log is None:
         access = logging.getLogger("ownmark.access")

@@ -55,14 +55,15 @@ class SchemeConfig:
             (a random derangement of the classes, or a random label other than
             ``source_class`` when only that is given). The paper's: ``target_class=0``.
         num_decoys: ordinary images of the source classes stored with the key as the
-            control group of verification (default 200: one per key query at the default
-            budget, with room to spare).
+            control group of verification; None (default): twice ``num_keys`` (one per key
+            query at the default budget, with room to spare), or as many as the classes
+            hold beside the key samples.
     """
 
     num_keys: int = 100
     source_class: int | None = None
     target_class: int | None = None
-    num_decoys: int = 200
+    num_decoys: int | None = None
 
 
 ConfigT = TypeVar("ConfigT", bound=SchemeConfig)
@@ -105,7 +106,7 @@ class WatermarkScheme(ABC):
                 )
         if cfg.num_keys < 1:
             raise ConfigError(f"num_keys must be at least 1, got {cfg.num_keys}")
-        if cfg.num_decoys < 0:
+        if cfg.num_decoys is not None and cfg.num_decoys < 0:
             raise ConfigError(f"num_decoys must be >= 0, got {cfg.num_decoys}")
         seed_source = "secret" if seed is None else "given"
         seed = secrets.randbits(63) if seed is None else seed
@@ -125,6 +126,7 @@ class WatermarkScheme(ABC):
             name
             for name, value in dataclasses.asdict(cfg).items()
             if value is None
+            and name != "num_decoys"
             and (params[name] is not None or name in ("source_class", "target_class"))
         )
         return KeySet(
@@ -216,14 +218,15 @@ def draw_by_class(
     data: DataSplits,
     classes: list[int],
     num_keys: int,
-    num_decoys: int,
+    num_decoys: int | None,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``num_keys`` and ``num_decoys`` distinct training images spread evenly over ``classes``.
 
     Returns (key images, their classes, decoy images, their classes); within each class the
     key and decoy images never overlap. Classes that get one more image than the others
-    (the remainder) are chosen at random.
+    (the remainder) are chosen at random. ``num_decoys=None``: up to ``2 * num_keys`` (at
+    least 200), as many as each class holds beside its key samples.
     """
 
     def shares(total: int) -> list[int]:
@@ -231,10 +234,13 @@ def draw_by_class(
         lucky = set(torch.randperm(len(classes), generator=generator)[:extra].tolist())
         return [base + (i in lucky) for i in range(len(classes))]
 
-    key_counts, decoy_counts = shares(num_keys), shares(num_decoys)
+    wanted = num_decoys if num_decoys is not None else max(2 * num_keys, 200)
+    key_counts, decoy_counts = shares(num_keys), shares(wanted)
     parts: list[tuple[torch.Tensor, ...]] = []
     for label, n_key, n_decoy in zip(classes, key_counts, decoy_counts, strict=True):
         pool = data.train.of_class(label)
+        if num_decoys is None:
+            n_decoy = max(0, min(n_decoy, len(pool) - n_key))
         if len(pool) < n_key + n_decoy:
             raise ConfigError(
                 f"class {label} has {len(pool)} training images but the key needs {n_key} "

@@ -157,12 +157,22 @@ class ContentScheme(WatermarkScheme):
             channels, h, w = image_shape
             self.config = cfg
             sh, sw = self._ink(channels, h)[0].shape
-            if sh > h or sw > w:
-                raise ConfigError(f"the stamp ({sw}x{sh}) does not fit in {w}x{h} images")
+            self._check_fits((sh, sw), (h, w))
             top = bool(torch.randint(2, (1,), generator=generator))
             x = int(torch.randint(w - sw + 1, (1,), generator=generator))
             cfg = replace(cfg, position=f"{x},{1 if top else h - sh - 1}")
         return cfg
+
+    def _check_fits(self, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> None:
+        cfg = self.config
+        assert isinstance(cfg, ContentConfig)
+        (sh, sw), (h, w) = stamp_hw, image_hw
+        if sh > h - 2 or sw > w:
+            what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
+            raise ConfigError(
+                f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
+                "use a smaller logo, a shorter text or a smaller font_size"
+            )
 
     def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
@@ -171,12 +181,7 @@ class ContentScheme(WatermarkScheme):
         channels, h, w = image_shape
         mask, colour = self._ink(channels, h)
         sh, sw = mask.shape
-        what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
-        if sh > h or sw > w:
-            raise ConfigError(
-                f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
-                "use a smaller logo, a shorter text or a smaller font_size"
-            )
+        self._check_fits((sh, sw), (h, w))
         if cfg.position is None:
             raise ConfigError("the stamp's position is not resolved; generate the key first")
         y, x = _place(cfg.position, (sh, sw), (h, w))
