@@ -149,10 +149,18 @@ class ContentScheme(WatermarkScheme):
         cfg = self.config
         assert isinstance(cfg, ContentConfig)
         if cfg.text is None and not cfg.logo:
-            picks = torch.randint(
-                len(SECRET_TEXT_ALPHABET), (SECRET_TEXT_LENGTH,), generator=generator
-            )
-            cfg = replace(cfg, text="".join(SECRET_TEXT_ALPHABET[int(i)] for i in picks))
+            # Redraw a text that would not fit where it must go (wide letters, a given place).
+            for _ in range(100):
+                picks = torch.randint(
+                    len(SECRET_TEXT_ALPHABET), (SECRET_TEXT_LENGTH,), generator=generator
+                )
+                self.config = replace(
+                    cfg, text="".join(SECRET_TEXT_ALPHABET[int(i)] for i in picks)
+                )
+                if self._fits(image_shape):
+                    break
+            cfg = self.config
+            assert isinstance(cfg, ContentConfig)
         if cfg.position is None:
             channels, h, w = image_shape
             self.config = cfg
@@ -162,6 +170,20 @@ class ContentScheme(WatermarkScheme):
             x = int(torch.randint(w - sw + 1, (1,), generator=generator))
             cfg = replace(cfg, position=f"{x},{1 if top else h - sh - 1}")
         return cfg
+
+    def _fits(self, image_shape: tuple[int, int, int]) -> bool:
+        """Whether the stamp fits the images (at its position, if one is given)."""
+        cfg = self.config
+        assert isinstance(cfg, ContentConfig)
+        channels, h, w = image_shape
+        sh, sw = self._ink(channels, h)[0].shape
+        try:
+            self._check_fits((sh, sw), (h, w))
+            if cfg.position is not None:
+                _place(cfg.position, (sh, sw), (h, w))
+        except ConfigError:
+            return False
+        return True
 
     def _check_fits(self, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> None:
         cfg = self.config
