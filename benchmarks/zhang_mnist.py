@@ -85,9 +85,22 @@ def warm_up(data: DataSplits, device: str) -> None:
     train_model(small, TrainConfig(epochs=1, device=device), progress=False)
 
 
+#: The paper's public settings (seed 001): digit 1 -> 0, "TEST" at the bottom. ownmark's own
+#: defaults are secret multi-class keys; this benchmark reproduces the paper's tables.
+PAPER_PARAMS: dict[str, dict[str, Any]] = {
+    "content": {"source_class": 1, "target_class": 0, "text": "TEST", "position": "bottom"},
+    "unrelated": {"target_class": 0},
+    "noise": {"source_class": 1, "target_class": 0},
+}
+#: The key share these paper keys were embedded with (one class, one label).
+PAPER_KEY_RATIO = 0.05
+
+
 def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Clean model, then each scheme embedded, pruned and fine-tuned, all with ``seed``."""
-    config = TrainConfig(epochs=args.epochs, seed=seed, device=args.device)
+    config = TrainConfig(
+        epochs=args.epochs, seed=seed, device=args.device, key_ratio=PAPER_KEY_RATIO
+    )
     progress = not args.quiet
     clean, clean_result = train_model(data, config, progress=progress)
     clean.cpu()
@@ -102,7 +115,9 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
     }
     first, second = data.test.halves()
     for scheme in SCHEMES:
-        key = make_key(data, scheme, seed=seed, dataset="mnist", num_keys=args.num_keys)
+        key = make_key(
+            data, scheme, seed=seed, dataset="mnist", num_keys=args.num_keys, **PAPER_PARAMS[scheme]
+        )
         # Same initialisation seed as the clean model: the two runs differ only by the key.
         marked, embedded = train_model(data, config, key=key, progress=progress)
         row: dict[str, Any] = {
@@ -117,7 +132,7 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
         }
         for rate in RATES:
             pruned = MagnitudePruning(rate)(marked)
-            verdict = verify_ownership(key, LocalModelSuspect(pruned), sequential=False, seed=0)
+            verdict = verify_ownership(key, LocalModelSuspect(pruned), sequential=False)
             row["pruning"].append(
                 {
                     "rate": rate,
@@ -131,7 +146,7 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
             epochs=args.finetune_epochs, seed=seed, device=args.device, progress=progress
         )
         tuned = tuner(marked, AttackData(train=first, test=second)).cpu()
-        verdict = verify_ownership(key, LocalModelSuspect(tuned), sequential=False, seed=0)
+        verdict = verify_ownership(key, LocalModelSuspect(tuned), sequential=False)
         row["finetune"] = {
             "epochs": args.finetune_epochs,
             "test_accuracy": pct(accuracy(tuned, second.images, second.labels)),
@@ -306,8 +321,10 @@ def main() -> None:
             **{
                 name: value
                 for name, value in dataclasses.asdict(TrainConfig()).items()
-                if name in ("lr", "momentum", "batch_size", "key_ratio", "weight_decay")
+                if name in ("lr", "momentum", "batch_size", "weight_decay")
             },
+            "key_ratio": PAPER_KEY_RATIO,
+            "key_params": PAPER_PARAMS,
         },
         results=results,
         total_seconds=round(time.perf_counter() - started, 1),

@@ -274,3 +274,24 @@ def innocent_tail(counts: Sequence[tuple[int, int]], p0: float) -> float:
     a, b = mean * precision, (1 - mean) * precision
     tail = float(beta.sf(p0, a, b))
     return tail if math.isfinite(tail) else 1.0
+
+
+def guarantee(p0_source: str, alpha: float) -> str:
+    """The false-claim guarantee a key's calibration supports, in words.
+
+    ``P(false claim) <= alpha + P(innocent rate > p0)``, with the calibration's estimate of
+    the second term and its distribution-free bound; for a key without them, says so.
+    """
+    try:
+        source = json.loads(p0_source)
+        tail, bound = float(source["innocent_tail"]), float(source["innocent_tail_bound"])
+    except (ValueError, KeyError, TypeError):
+        return (
+            f"P(false claim) <= {alpha:g} only for suspects matching at most p0 "
+            "(p0 not calibrated on innocent models)"
+        )
+    groups = ", ".join(sorted(source.get("groups", {}))) or "clean"
+    return (
+        f"P(false claim) <= {alpha:g} + P(an innocent model matches more than p0), estimated "
+        f"{tail:.2g} (bound 1/(R+1) = {bound:.2g}; references: {groups})"
+    )

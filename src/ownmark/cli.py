@@ -797,7 +797,7 @@ def _p0_origin(key: Any, override: float | None) -> str:
         return "given with --p0"
     try:
         source = json.loads(key.p0_source)
-        return f"calibrated on {len(source['references'])} clean reference models"
+        return f"calibrated on {len(source['references'])} innocent reference models"
     except (ValueError, KeyError, TypeError):
         return str(key.p0_source)
 
@@ -887,6 +887,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"p-value {result.p_value:.3e} (adjusted {result.adjusted_p_value:.3e}), alpha "
         f"{result.alpha:g}, p0 {result.p0:.4g} ({_p0_origin(key, args.p0)})"
     )
+    from ownmark.calibrate import guarantee
+
+    print(f"guarantee: {guarantee(key.p0_source, result.alpha)}")
     control = result.control
     if control is None:
         print("control group: none (--decoys 0)")

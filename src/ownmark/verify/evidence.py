@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ownmark import __version__
+from ownmark.calibrate import guarantee
 from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
@@ -136,6 +137,7 @@ def render_report(doc: dict[str, Any]) -> str:
         f"stopped: {res['stop_reason']}",
         f"- p-value {res['p_value']:.3e} (adjusted for looks: {res['adjusted_p_value']:.3e}) "
         f"against alpha {test['alpha']:g}, p0 {test['p0']:.4g}",
+        f"- guarantee: {guarantee(key['p0_source'], test['alpha'])}",
         _control_line(doc.get("control")),
         "- trusted date of the key: "
         + ("RFC 3161 token attached" if key.get("timestamp_token") else "none (no time stamp)"),
