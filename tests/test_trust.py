@@ -144,3 +144,50 @@ def test_keygen_refuses_weak_references_and_weak_keys(
     assert main([*small, "--allow-weak-key"]) == 0
     printed = capsys.readouterr().out
     assert out.exists() and "test accuracy" in printed and "group clean" in printed
+
+
+def test_cli_time_stamps_a_key_and_evidence_check_reports_the_date(
+    digits: DataSplits, tmp_path: Path, tsa: Any, capsys: Any
+) -> None:
+    key_path = tmp_path / "k.safetensors"
+    assert main(["keygen", "--scheme", "noise", "--num-keys", "20", "--out", str(key_path)]) == 0
+    assert "no trusted date yet" in capsys.readouterr().out
+    ca = str(tsa.ca_cert_path)
+    assert main(["key", "timestamp", str(key_path), "--tsa", tsa.url, "--tsa-cert", ca]) == 0
+    assert "time-stamped by" in capsys.readouterr().out
+    assert main(["key", "show", str(key_path)]) == 0
+    assert "time stamp: attached" in capsys.readouterr().out
+    from ownmark.keys import load_key
+
+    key = load_key(key_path)
+    result = verify_ownership(key, LocalModelSuspect(_Echo(key)), decoy_ratio=0, alpha=1e-3)
+    evidence, _ = write_evidence(result, key, tmp_path / "e.json", first_seen="2999-01-01")
+    argv = ["evidence", "check", str(evidence), "--key", str(key_path), "--tsa-cert", ca]
+    assert main(argv) == 4  # intact, dated, but unsigned
+    out = capsys.readouterr().out
+    assert "key time-stamped 20" in out and "anyone could have written it" in out
+    # A TSA that is down: a one-line error, the key file untouched.
+    before = key_path.read_bytes()
+    assert main(["key", "timestamp", str(key_path), "--tsa", "http://127.0.0.1:9/tsr"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and key_path.read_bytes() == before
+
+
+class _Echo(torch.nn.Module):
+    """Gives every key image its key label (a stand-in watermarked model, for bookkeeping)."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__()
+        from ownmark.verify import image_sha256
+
+        self.labels = {
+            image_sha256(i): int(label) for i, label in zip(key.images, key.labels, strict=True)
+        }
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ownmark.verify import image_sha256
+
+        logits = torch.zeros(len(x), 10)
+        for row, image in enumerate(x):
+            logits[row, self.labels.get(image_sha256((image * 255).round().to(torch.uint8)), 9)] = 1
+        return logits

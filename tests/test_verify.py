@@ -181,7 +181,7 @@ def test_a_constant_api_is_never_owned(key: KeySet) -> None:
     assert result.matches == result.queries == 40  # every key query "matches" ...
     assert result.control is not None and not result.control.passed  # ... and so do decoys
     assert result.control.correct == 0 and result.control.key_label_hits == result.decoys
-    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.verdict is Verdict.INCONCLUSIVE and result.stop_reason == "control failed"
 
 
 def test_broken_models_are_never_owned(key: KeySet) -> None:

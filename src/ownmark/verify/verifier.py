@@ -418,6 +418,8 @@ def verify_ownership(
         if implausibly_few(matches + errors, sent, config.min_watermark_rate):
             stop_reason = "dismissed"
             break
+    if stop_reason != "owned" and test.reached(matches, sent) and control is not None:
+        stop_reason = "control failed"  # alpha was reached, the decoys were not told apart
     verdict, p_value = decide(test, matches, sent, errors, stop_reason, control)
     return VerificationResult(
         verdict=verdict,
