@@ -1,0 +1,79 @@
+"""The ``ownmark`` command line: parses arguments, calls the library, prints results.
+
+Thin by design: every command is a library call a user can make from Python. The parser is
+in :mod:`ownmark.cli.parser`; the commands are grouped by what they act on (keys, models,
+verification).
+
+Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive;
+``evidence check``: 0 intact and signed by the pinned key, 1 invalid, 4 intact but unsigned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ownmark.cli.common import EXIT_ERROR, parse_rates
+from ownmark.cli.keys import cmd_calibrate, cmd_key, cmd_keygen, cmd_preview
+from ownmark.cli.models import (
+    cmd_attack,
+    cmd_data,
+    cmd_demo,
+    cmd_export,
+    cmd_list,
+    cmd_serve,
+    cmd_train,
+)
+from ownmark.cli.parser import build_parser
+from ownmark.cli.verify import cmd_evidence, cmd_verify
+from ownmark.errors import OwnmarkError
+
+__all__ = ["COMMANDS", "build_parser", "main", "parse_rates"]
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": cmd_list,
+    "data": cmd_data,
+    "keygen": cmd_keygen,
+    "preview": cmd_preview,
+    "train": cmd_train,
+    "embed": cmd_train,
+    "calibrate": cmd_calibrate,
+    "key": cmd_key,
+    "verify": cmd_verify,
+    "evidence": cmd_evidence,
+    "serve": cmd_serve,
+    "export": cmd_export,
+    "attack": cmd_attack,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ownmark`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ownmark: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except OwnmarkError as exc:
+        print(f"ownmark: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        # File system problems with outputs (a folder where a file should go, no permission).
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ownmark: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ownmark: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("OWNMARK_DEBUG"):
+            raise
+        print(
+            f"ownmark: error: unexpected {type(exc).__name__}: {exc} "
+            "(set OWNMARK_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR

@@ -1,0 +1,7 @@
+"""``python -m ownmark.cli``."""
+
+import sys
+
+from ownmark.cli import main
+
+sys.exit(main())

@@ -1,0 +1,414 @@
+"""The argument parser: one sub-command per library call, with its options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ownmark import __version__
+from ownmark.cli.common import EXIT_ERROR
+
+#: What ``ownmark --help`` says first.
+DESCRIPTION = (
+    "Watermark image classifiers and prove ownership of copies through their prediction API. "
+    "Exit codes: 0 success / owned, 1 not owned, 2 bad input, 3 inconclusive "
+    "(evidence check: 4 intact but unsigned)."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, like every other ownmark error, instead of argparse's usage dump.
+        self.exit(EXIT_ERROR, f"ownmark: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default="digits",
+        metavar="NAME",
+        help="data set: digits (built in, default), mnist, cifar10, cifar100, folder",
+    )
+    parser.add_argument("--data-path", metavar="PATH", help="where the data set's files are")
+
+
+def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
+    parser.add_argument("--model", metavar="ARCH", help="architecture (see 'ownmark list models')")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--batch-size", type=int, default=128, help="default 128 (Table 7)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, default 0.01")
+    parser.add_argument("--momentum", type=float, default=0.9, help="default 0.9")
+    parser.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--device", default="cpu", help="torch device, default cpu")
+    parser.add_argument("--out", required=True, type=Path, help="model file to write")
+    parser.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
+    parser.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+
+
+def _add_allow_factory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-factory",
+        metavar="MODULE:FACTORY",
+        help="load a model file whose architecture is this user code (only if you trust it)",
+    )
+
+
+def _add_calibration(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        type=Path,
+        required=required,
+        default=[],
+        metavar="MODEL",
+        help="innocent reference model files to calibrate p0 on: clean ones (>= 2 seeds, >= 2 "
+        "architectures) and models carrying other keys of the same scheme (recognised by "
+        "the key commitment 'ownmark embed' stores in them)",
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=0.999, help="of p0's upper bound, default 0.999"
+    )
+    parser.add_argument(
+        "--min-reference-accuracy",
+        type=float,
+        default=0.5,
+        help="refuse references below this test accuracy (near chance), default 0.5",
+    )
+    parser.add_argument(
+        "--allow-weak-key",
+        action="store_true",
+        help="write a calibrated key even if its plan cannot reach alpha (default: refuse)",
+    )
+    _add_allow_factory(parser)
+
+
+def _add_verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="false-claim rate (default: the key's plan, 1e-6); every value tried after seeing "
+        "a result adds up to alpha to the false-claim rate",
+    )
+    parser.add_argument("--p0", type=float, help="false-match bound (default: from the key)")
+    parser.add_argument(
+        "--max-queries", type=int, help="key-query budget (default: the key's plan, 100)"
+    )
+    parser.add_argument(
+        "--fixed",
+        action="store_true",
+        help="spend the whole budget and test once (default: stop as soon as it is clear)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=16,
+        help="images in every request, key samples plus decoys (constant), default 16",
+    )
+    parser.add_argument(
+        "--decoys",
+        type=float,
+        default=1.0,
+        metavar="RATIO",
+        help="at least RATIO of the key's decoy images per key image, default 1; 0 sends no "
+        "control group (a constant API can then match a one-label key)",
+    )
+    parser.add_argument(
+        "--control-level",
+        type=float,
+        default=0.01,
+        help="level of the decoy control tests, default 0.01",
+    )
+    parser.add_argument(
+        "--max-errors", type=int, default=10, help="failed queries tolerated, default 10"
+    )
+    parser.add_argument(
+        "--dismiss-below",
+        type=float,
+        metavar="RATE",
+        help="stop early with 'not owned' once a match rate of RATE is implausible (e.g. 0.5); "
+        "saves queries on innocent models but can dismiss a heavily attacked watermark",
+    )
+    parser.add_argument(
+        "--first-seen",
+        metavar="DATE",
+        help="ISO date the suspect model was first seen or released; evidence check flags a "
+        "key time-stamped after it (a key that could have been forged from the model)",
+    )
+    parser.add_argument(
+        "--evidence",
+        type=Path,
+        help="evidence JSON to write (default ownmark-evidence/verify-<UTC time>.json), "
+        "with a .md report beside it",
+    )
+    parser.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    parser.add_argument("--json", type=Path, help="also write the result summary as JSON")
+
+
+def _add_remote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol", default="v2", help="v2 (Open Inference Protocol, default), template, python"
+    )
+    parser.add_argument("--model-name", help="v2 model name (if --url does not include it)")
+    parser.add_argument(
+        "--input-name", default="images", help="v2 image input name (Triton: e.g. INPUT__0)"
+    )
+    parser.add_argument("--template", type=Path, help="request/response template (JSON)")
+    parser.add_argument(
+        "--answer",
+        default="auto",
+        help="what the API answers: auto (default), label, topk, probabilities",
+    )
+    parser.add_argument(
+        "--token", help="bearer token (default: the OWNMARK_TOKEN environment variable)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per request, default 10"
+    )
+    parser.add_argument("--retries", type=int, default=3, help="retries per request, default 3")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        help="most seconds one request may take, connect to last byte, default 60",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=600.0,
+        help="most seconds the whole run may spend on the suspect, waits included, default 600",
+    )
+    parser.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=30.0,
+        help="longest Retry-After honoured in seconds (longer fails the request), default 30",
+    )
+    parser.add_argument(
+        "--max-response-mb",
+        type=float,
+        default=8.0,
+        help="largest answer read, in MiB after decompression, default 8",
+    )
+    parser.add_argument(
+        "--rate-limit", type=float, metavar="RPS", help="most requests per second to send"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ownmark", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ownmark {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    show = commands.add_parser("list", help="list schemes, models, attacks or data sets")
+    show.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "schemes", "models", "attacks", "datasets"],
+    )
+
+    data = commands.add_parser("data", help="download data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    download = data_commands.add_parser("download", help="download and verify a data set")
+    download.add_argument("name", choices=["mnist", "cifar10", "cifar100"])
+    download.add_argument("--to", required=True, type=Path, help="folder to download into")
+    download.add_argument("--mirror", help="base URL to use instead of the official address")
+
+    keygen = commands.add_parser("keygen", help="generate a watermark key")
+    keygen.add_argument("--scheme", required=True, help="see 'ownmark list schemes'")
+    _add_data(keygen)
+    keygen.add_argument("--out", required=True, type=Path, help="key file to write")
+    keygen.add_argument(
+        "--seed",
+        type=int,
+        help="make the key reproducible, for experiments only: anyone who knows the seed and "
+        "the parameters can make the same key (default: a fresh secret)",
+    )
+    keygen.add_argument("--num-keys", type=int, help="trigger images (default 100)")
+    keygen.add_argument(
+        "--source-class",
+        type=int,
+        help="class that carries the trigger (default: every class; the paper's: 1)",
+    )
+    keygen.add_argument(
+        "--target-class",
+        type=int,
+        help="key label (default: a secret label per class; the paper's: 0)",
+    )
+    keygen.add_argument(
+        "--alpha",
+        type=float,
+        default=1e-6,
+        help="false-claim rate the key's verifications use, default 1e-6",
+    )
+    keygen.add_argument(
+        "--max-queries",
+        type=int,
+        default=100,
+        help="key-query budget the key's verifications use, default 100",
+    )
+    keygen.add_argument("--tsa", metavar="URL", help="time-stamp the key's commitment (RFC 3161)")
+    keygen.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="scheme parameter, e.g. -p text=TEST -p logo=logo.png",
+    )
+    keygen.add_argument("--preview", type=Path, help="also save a PNG of originals and triggers")
+    _add_calibration(keygen, required=False)
+
+    key_group = commands.add_parser("key", help="time-stamp or inspect a key file")
+    key_commands = key_group.add_subparsers(dest="key_command", required=True, parser_class=_Parser)
+    stamp = key_commands.add_parser(
+        "timestamp", help="get an RFC 3161 time stamp on a key's commitment (rewrites the key)"
+    )
+    stamp.add_argument("key", type=Path, help="key file")
+    stamp.add_argument("--tsa", required=True, metavar="URL", help="time-stamping authority")
+    stamp.add_argument("--tsa-cert", type=Path, help="the TSA's certificate to check against")
+    show_key = key_commands.add_parser("show", help="print what a key commits to")
+    show_key.add_argument("key", type=Path, help="key file")
+
+    calibrate = commands.add_parser(
+        "calibrate", help="calibrate an existing key's p0 on innocent reference models"
+    )
+    calibrate.add_argument("key", type=Path, help="key file to calibrate")
+    calibrate.add_argument("--out", required=True, type=Path, help="calibrated key file to write")
+    calibrate.add_argument(
+        "--data", help="data set whose test split measures each reference's accuracy"
+    )
+    calibrate.add_argument("--data-path", metavar="PATH", help="where --data's files are")
+    _add_calibration(calibrate, required=True)
+
+    preview = commands.add_parser("preview", help="save a PNG of a key's images")
+    preview.add_argument("key", type=Path)
+    preview.add_argument("--out", required=True, type=Path)
+    preview.add_argument("--count", type=int, default=16)
+
+    train = commands.add_parser("train", help="train a clean model")
+    _add_data(train)
+    _add_training(train, epochs=50)
+
+    embed = commands.add_parser("embed", help="train (or fine-tune) a model with a key embedded")
+    embed.add_argument("--key", required=True, type=Path)
+    _add_data(embed)
+    _add_training(embed, epochs=50)
+    embed.add_argument("--from", dest="init", type=Path, help="fine-tune this model file")
+    embed.add_argument(
+        "--key-out",
+        type=Path,
+        help="key file bound to the released model's SHA-256 (default: rewrite --key); "
+        "time-stamp it afterwards",
+    )
+    embed.add_argument(
+        "--key-ratio",
+        type=float,
+        default=0.15,
+        help="fraction of each epoch that is key samples, default 0.15 (the paper's one-class "
+        "keys learn at 0.05)",
+    )
+    _add_allow_factory(embed)
+
+    verify = commands.add_parser("verify", help="verify ownership of a suspect model or API")
+    verify.add_argument("--key", required=True, type=Path)
+    target = verify.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", type=Path, help="suspect model file (in this process)")
+    target.add_argument(
+        "--url", help="suspect prediction API (or, with --protocol python, MODULE:CALLABLE)"
+    )
+    _add_remote(verify)
+    _add_verify_options(verify)
+    _add_allow_factory(verify)
+
+    evidence = commands.add_parser("evidence", help="check evidence files; make signing keys")
+    evidence_commands = evidence.add_subparsers(
+        dest="evidence_command", required=True, parser_class=_Parser
+    )
+    check = evidence_commands.add_parser("check", help="re-check an evidence file against a key")
+    check.add_argument("evidence", type=Path)
+    check.add_argument("--key", required=True, type=Path)
+    check.add_argument(
+        "--public-key",
+        type=Path,
+        help="require a signature by this key (PEM); without it the exit code is 4",
+    )
+    check.add_argument(
+        "--tsa-cert", type=Path, help="certificate the key's time stamp must chain to"
+    )
+    keypair = evidence_commands.add_parser("keypair", help="make an Ed25519 signing key pair")
+    keypair.add_argument("out", type=Path, help="private key file (the public key gets .pub)")
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP (Open Inference Protocol)")
+    serve.add_argument("model", type=Path, help="model file (.safetensors, or .onnx)")
+    serve.add_argument("--backend", default="torch", help="torch (default) or onnxruntime")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--name", help="model name in the URL (default: the file name's stem)")
+    serve.add_argument("--answer", default="label", help="label (default), topk or probabilities")
+    serve.add_argument("--top-k", type=int, default=5, help="labels per image for topk")
+    serve.add_argument("--max-batch", type=int, default=256, help="images per request")
+    serve.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit")
+    serve.add_argument(
+        "--token", help="require this bearer token (default: OWNMARK_SERVE_TOKEN if set)"
+    )
+    serve.add_argument("--access-log", type=Path, help="JSON-lines access log (default stderr)")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=8,
+        help="inference requests at once (beyond: 503 Retry-After), default 8",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a request body (else 408), default 10",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a request head (else the connection is closed), default 10",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=256, help="open connections at most, default 256"
+    )
+    _add_allow_factory(serve)
+
+    export = commands.add_parser("export", help="export a model file to ONNX")
+    export.add_argument("model", type=Path)
+    export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    _add_allow_factory(export)
+
+    attack = commands.add_parser("attack", help="attack a model (pruning, fine-tuning)")
+    attack_commands = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
+    prune = attack_commands.add_parser("prune", help="magnitude pruning")
+    prune.add_argument(
+        "--rate", required=True, help="fraction to zero: 0.5, a list 0.1,0.5 or a sweep 0.1..0.9"
+    )
+    prune.add_argument("--per-layer", action="store_true", help="prune each layer by the rate")
+    finetune = attack_commands.add_parser("finetune", help="fine-tune on half of the test set")
+    finetune.add_argument("--epochs", type=int, default=10, help="default 10")
+    finetune.add_argument("--lr", type=float, default=0.01, help="default 0.01")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--device", default="cpu")
+    for sub in (prune, finetune):
+        sub.add_argument("--model", required=True, type=Path, help="model file to attack")
+        sub.add_argument("--key", type=Path, help="measure watermark accuracy with this key")
+        _add_data(sub)
+        sub.add_argument("--out", type=Path, help="attacked model file (one rate only)")
+        sub.add_argument("--metrics", type=Path, help="metrics JSON")
+        _add_allow_factory(sub)
+
+    demo = commands.add_parser("demo", help="the whole flow on the built-in MNIST digits")
+    demo.add_argument("--out", type=Path, default=Path("ownmark-demo"), help="output folder")
+    demo.add_argument("--scheme", default="content", help="default content")
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs, default 8")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
