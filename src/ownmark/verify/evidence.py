@@ -463,6 +463,12 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
             f"the test (p0, alpha, budget, sequential) {recorded} is not what its recorded "
             "config gives"
         )
+    if key.p0_source == "assumed" and config.p0 is None:
+        check.notes.append(
+            f"p0 {key.p0:g} is assumed, not calibrated on innocent models: a key whose images "
+            "many models answer alike (e.g. adversarial examples, which transfer) can match "
+            "innocent models more often than that"
+        )
     if (planned.alpha, planned.max_queries) != (key.alpha, min(key.max_queries, len(key))):
         check.notes.append(
             f"alpha {planned.alpha:g} and budget {planned.max_queries} were chosen at "
