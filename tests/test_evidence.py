@@ -111,7 +111,7 @@ def _resealed(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 def _rescore(doc: dict[str, Any]) -> None:
     """Turn the first key query into a wrong answer that is still counted as a match."""
     first = next(q for q in doc["queries"] if q["role"] == "key")
-    first["answer"] = 3
+    first["answer"] = (first["answer"] + 1) % 10  # another label, still marked as a match
 
 
 def _duplicate(doc: dict[str, Any]) -> None:

@@ -240,7 +240,7 @@ def verify_served(
     """
     # Imported here: the web stack is only needed when something is actually served.
     from ownmark.serve import BackgroundServer, ServeConfig, TorchBackend, create_app
-    from ownmark.verify.protocols import V2Suspect
+    from ownmark.verify.remote import V2Suspect
 
     app = create_app(TorchBackend(model), ServeConfig(model_name=name))
     with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:

@@ -26,7 +26,7 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
         model = load_model(args.model, args.allow_factory)
         check_compatible(model, key=key)
         return LocalModelSuspect(model, str(args.model))
-    from ownmark.verify.protocols import HttpPolicy, open_suspect
+    from ownmark.verify.remote import HttpPolicy, open_suspect
 
     policy = HttpPolicy(
         timeout=args.timeout,

@@ -2,7 +2,7 @@
 
 Verification never sees weights. A suspect is anything with ``query(images) -> answers``:
 a model in this process (:class:`LocalModelSuspect`), an HTTP prediction API or a user's
-adapter (:mod:`ownmark.verify.protocols`). Answers are whatever came back; the verifier
+adapter (:mod:`ownmark.verify.remote`). Answers are whatever came back; the verifier
 validates them, so a suspect that returns garbage, raises, or times out can never produce a
 match.
 """
