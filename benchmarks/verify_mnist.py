@@ -4,7 +4,7 @@ Needs the models and keys of ``benchmarks/verify_models.py`` (trained once, cach
 secret multi-class keys with their decoys, calibrated on clean and other-key references).
 For each Zhang scheme the owner's watermarked model is served with ``ownmark.serve`` (Open
 Inference Protocol over HTTP on 127.0.0.1) and verified with
-:class:`~ownmark.verify.protocols.V2Suspect`, as ``ownmark serve`` + ``ownmark verify --url``
+:class:`~ownmark.verify.remote.V2Suspect`, as ``ownmark serve`` + ``ownmark verify --url``
 would, with the verifier's defaults: alpha and budget from the key's plan (1e-6, 100 key
 queries), 16 images per request, at least one of the key's decoys per key query. It reports
 
@@ -84,7 +84,7 @@ from ownmark.verify import (
     VerifyConfig,
     binomial_tail,
 )
-from ownmark.verify.protocols import V2Suspect
+from ownmark.verify.remote import V2Suspect
 from ownmark.verify.stats import false_claim_probability, min_matches_for
 from ownmark.verify.verifier import query_order
 from ownmark.workflows import run_record, verify_served
