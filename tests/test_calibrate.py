@@ -147,3 +147,12 @@ def test_refuses_references_near_chance(key: KeySet, digits: DataSplits) -> None
         calibrate_key(key, references, test=digits.test)
     _, report = calibrate_key(key, references, test=digits.test, min_reference_accuracy=0.05)
     assert report.references[0].test_accuracy == pytest.approx(0.1, abs=0.02)
+
+
+def test_refuses_a_calibrated_key_that_can_never_reach_alpha(key: KeySet) -> None:
+    small = key.select(torch.arange(12))
+    references = [_reference("zhang_mnist", small, []), _reference("lenet5", small, [])]
+    with pytest.raises(ConfigError, match="can never reach alpha"):
+        calibrate_key(small, references)
+    weak, report = calibrate_key(small, references, allow_weak=True)
+    assert len(weak) == 12 and report.p0 > 0.4

@@ -286,6 +286,10 @@ def test_decoys_are_shuffled_in_and_drawn_from_the_key(key: KeySet) -> None:
 
 
 def test_without_decoys_requests_carry_only_key_samples(key: KeySet) -> None:
+    # A one-label key without decoys would let a constant API be "owned": refused.
+    with pytest.raises(ConfigError, match="same label"):
+        verify_ownership(key, FixedAnswers(0), decoy_ratio=0)
+    key = dataclasses.replace(key, labels=torch.arange(len(key)) % 3)
     suspect = Watermarked(key)
     result = verify_ownership(key, suspect, decoy_ratio=0, request_size=8)
     assert result.decoys == 0 and result.control is None

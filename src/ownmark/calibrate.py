@@ -53,7 +53,7 @@ from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
 from ownmark.metrics import accuracy, predict
 from ownmark.models import Classifier
-from ownmark.verify.stats import clopper_pearson_upper
+from ownmark.verify.stats import BinomialTest, clopper_pearson_upper
 
 #: Reference groups: clean models, and models carrying another key of the same scheme.
 GROUPS = ("clean", "other-key")
@@ -140,6 +140,7 @@ def calibrate_key(
     min_architectures: int = 2,
     test: ImageDataset | None = None,
     min_reference_accuracy: float = 0.5,
+    allow_weak: bool = False,
 ) -> tuple[KeySet, CalibrationReport]:
     """Drop key samples innocent references already map to the key label; bound p0 on the rest.
 
@@ -154,6 +155,9 @@ def calibrate_key(
         min_architectures: distinct architectures required (default 2).
         test: labelled test images; each reference's accuracy on them is reported, and a
             reference below ``min_reference_accuracy`` (default 0.5) is refused.
+        allow_weak: return a key whose plan (its alpha and budget) cannot reach alpha at the
+            calibrated p0 instead of refusing it (default False: such a key can never say
+            "owned", which is better learnt now than at verification).
 
     Returns:
         The calibrated key (kept samples only, p0 and its source stored; new commitment) and
@@ -233,6 +237,12 @@ def calibrate_key(
     trials = sum(r.loo_trials for r in results)
     matches = sum(r.loo_matches for r in results)
     p0 = max(r.upper_bound for r in results)
+    budget = min(key.max_queries, kept)
+    if not allow_weak and BinomialTest(p0, key.alpha, budget).queries_to_owned(0, 0) is None:
+        raise ConfigError(
+            f"calibrated p0 {p0:.3g} with {kept} key samples kept: {budget} key queries can "
+            f"never reach alpha {key.alpha:g}; use more key samples or another scheme"
+        )
     report = CalibrationReport(
         p0=p0,
         confidence=confidence,

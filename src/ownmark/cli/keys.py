@@ -35,6 +35,7 @@ def _calibrate(args: argparse.Namespace, key: Any, test: Any = None) -> tuple[An
         confidence=args.confidence,
         test=test,
         min_reference_accuracy=args.min_reference_accuracy,
+        allow_weak=True,  # _check_plan refuses it, naming --allow-weak-key
     )
 
 

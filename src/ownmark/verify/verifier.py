@@ -316,6 +316,12 @@ def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
             f"{test.p0:.4g}; raise the budget (--max-queries), accept a larger alpha, or make "
             "a key with more samples that survive calibration (a lower p0)"
         )
+    if config.decoy_ratio <= 0 and len(set(key.labels.tolist())) == 1:
+        raise ConfigError(
+            "this key gives every sample the same label, so without decoys an API that "
+            "answers that label to everything would be 'owned'; keep decoys on (decoy_ratio "
+            "> 0, --decoys 1)"
+        )
     if config.decoy_ratio > 0 and len(key.decoys) == 0:
         raise ConfigError(
             "the key holds no decoys for the control group; make a key with num_decoys > 0 "
