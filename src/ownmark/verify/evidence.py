@@ -150,7 +150,7 @@ def render_report(doc: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "| request | role | key sample | image SHA-256 | answer | match | error |",
+        "| request | role | row (key or decoy) | image SHA-256 | answer | match | error |",
         "| ---: | --- | ---: | --- | --- | --- | --- |",
     ]
     for q in doc["queries"]:
