@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -51,20 +52,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ownmark import forgery
 from ownmark.calibrate import calibrate_key
 from ownmark.data import DataSplits, ImageDataset, load_dataset
 from ownmark.data.embedded import load_builtin_digits
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet, load_key, save_key
-from ownmark.metrics import accuracy, predict, to_float_images
+from ownmark.metrics import accuracy, predict
 from ownmark.models import Classifier, load_model
 from ownmark.schemes import create_scheme
 from ownmark.timestamp import encode_token, request_timestamp
@@ -387,79 +388,23 @@ _AGREEMENT: dict[int, np.ndarray] = {}
 # Forged keys: PGD adversarial examples of an independent model
 
 
-def pgd(
-    model: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    eps: float,
-    steps: int,
-    step_size: float,
-    seed: int,
-) -> torch.Tensor:
-    """Untargeted L-inf PGD with a random start (Madry et al.), on [0, 1] pixels; uint8 out.
-
-    Written here because torchattacks is not installed; 20 lines cover what the forger needs.
-    """
-    model.eval()
-    x = to_float_images(images)
-    generator = torch.Generator().manual_seed(seed)
-    adv = (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * eps).clamp(0, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), labels)
-        (grad,) = torch.autograd.grad(loss, adv)
-        with torch.no_grad():
-            adv = adv + step_size * grad.sign()
-            adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
-    return (adv.detach() * 255).round().to(torch.uint8)
-
-
 def forge_key(
     model: Classifier, data: DataSplits, args: argparse.Namespace, seed: int, name: str
 ) -> tuple[KeySet, dict[str, Any]]:
-    """A key made from ``model`` after the fact: misclassified adversarial test images."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data.test), generator=generator)
-    right = predict(model, data.test.images[order]) == data.test.labels[order]
-    chosen = order[right][: args.pgd_images]
-    images, truth = data.test.images[chosen], data.test.labels[chosen]
-    adv = pgd(
+    """A key made from ``model`` after the fact (:func:`ownmark.forgery.forge_key`)."""
+    key = forgery.forge_key(
         model,
-        images,
-        truth,
+        data.test,
+        num_images=args.pgd_images,
+        num_decoys=args.num_decoys,
         eps=args.pgd_eps,
         steps=args.pgd_steps,
         step_size=args.pgd_step,
         seed=seed,
     )
-    answers = predict(model, adv)  # labelled with the model's own answers (after uint8 rounding)
-    fooled = answers != truth
-    decoy_rows = order[~torch.isin(order, chosen)][: args.num_decoys]
-    key_images, key_labels = adv[fooled], answers[fooled]
-    picks = torch.randint(len(key_labels), (len(decoy_rows),), generator=generator)
-    key = KeySet(
-        images=key_images.clone(),
-        labels=key_labels.clone(),
-        originals=images[fooled].clone(),
-        scheme="forged-pgd",
-        params={
-            "attack": "untargeted PGD",
-            "eps": args.pgd_eps,
-            "steps": args.pgd_steps,
-            "step": args.pgd_step,
-            "forged_on": name,
-        },
-        dataset="mnist",
-        num_classes=data.num_classes,
-        seed=seed,
-        seed_source="given",
-        decoys=data.test.images[decoy_rows].clone(),
-        decoy_labels=data.test.labels[decoy_rows].clone(),
-        decoy_key_labels=key_labels[picks].clone(),
-    )
-    stats = {"attacked": len(chosen), "fooled": int(fooled.sum())}
-    return key, stats
+    key = dataclasses.replace(key, params={**key.params, "forged_on": name}, dataset="mnist")
+    right = int((predict(model, data.test.images) == data.test.labels).sum())
+    return key, {"attacked": min(args.pgd_images, right), "fooled": len(key)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -679,7 +624,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "samples": len(key),
                     "p0": key.p0,
-                    "old": over_http(paper, key, f"paper-{scheme}", decoy_ratio=0.0),
+                    "old": over_http(
+                        paper, key, f"paper-{scheme}", decoy_ratio=0.0, unsafe_no_control=True
+                    ),
                     "with_decoys": over_http(paper, key, f"paper-{scheme}"),
                     "whole_key": whole_key(paper, key),
                 }
@@ -692,7 +639,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # 5. Queries to "owned" through HTTP: now vs. before.
         out["queries"] = {
             "now": over_http(owner, owner_key, f"owner-{scheme}"),
-            "before": over_http(paper, paper_key, f"paper-{scheme}", decoy_ratio=0.0),
+            "before": over_http(
+                paper, paper_key, f"paper-{scheme}", decoy_ratio=0.0, unsafe_no_control=True
+            ),
             "before_key": {
                 "samples": len(paper_key),
                 "p0": paper_key.p0,
@@ -808,7 +757,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         "key": which,
                         "suspect": label,
                         "decoys": in_process(suspect, key),
-                        "no_decoys": in_process(suspect, key, decoy_ratio=0.0),
+                        "no_decoys": in_process(
+                            suspect, key, decoy_ratio=0.0, unsafe_no_control=True
+                        ),
                     }
                 )
             broken = nan_model(load_model(cache.root / "clean-zhang_mnist-0.safetensors"))
@@ -818,7 +769,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     "key": which,
                     "suspect": "NaN weights (HTTP)",
                     "decoys": over_http(broken, key, "nan"),
-                    "no_decoys": over_http(broken, key, "nan", decoy_ratio=0.0),
+                    "no_decoys": over_http(
+                        broken, key, "nan", decoy_ratio=0.0, unsafe_no_control=True
+                    ),
                 }
             )
     res["hostile"] = hostile
@@ -1135,8 +1088,9 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         '"Now": the owner\'s secret default key, p0 calibrated on clean **and** other-key '
         'references, decoys on (8 key samples + 8 decoys per 16-image request). "Before": a '
-        "paper-default key, p0 on clean references only, `decoy_ratio=0` (16 key samples per "
-        "request), against its own watermarked model. Why the counts changed: p0 now also "
+        "paper-default key, p0 on clean references only, no decoys (`decoy_ratio=0`, "
+        "`unsafe_no_control=True`: 16 key samples per request), against its own watermarked "
+        "model. Why the counts changed: p0 now also "
         "bounds models carrying other keys, which answer a secret key's label more often than "
         "clean models (a shared key label for some classes or letters), so a higher p0 needs "
         "more matches to reach alpha; and decoys take half of every request, so the same key "

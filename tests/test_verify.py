@@ -289,6 +289,9 @@ def test_without_decoys_requests_carry_only_key_samples(key: KeySet) -> None:
     # A one-label key without decoys would let a constant API be "owned": refused.
     with pytest.raises(ConfigError, match="same label"):
         verify_ownership(key, FixedAnswers(0), decoy_ratio=0)
+    # The old behaviour, on explicit request only: exactly the false verdict decoys prevent.
+    old = verify_ownership(key, FixedAnswers(0), decoy_ratio=0, unsafe_no_control=True)
+    assert old.verdict is Verdict.OWNED and old.control is None
     key = dataclasses.replace(key, labels=torch.arange(len(key)) % 3)
     suspect = Watermarked(key)
     result = verify_ownership(key, suspect, decoy_ratio=0, request_size=8)

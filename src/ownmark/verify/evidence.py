@@ -463,6 +463,11 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
             f"the test (p0, alpha, budget, sequential) {recorded} is not what its recorded "
             "config gives"
         )
+    if config.unsafe_no_control:
+        check.notes.append(
+            "verified without a control group on request (unsafe_no_control): an API that "
+            "gives every image the key's one label would also be 'owned'"
+        )
     if key.p0_source == "assumed" and config.p0 is None:
         check.notes.append(
             f"p0 {key.p0:g} is assumed, not calibrated on innocent models: a key whose images "

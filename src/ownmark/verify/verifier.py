@@ -68,6 +68,10 @@ class VerifyConfig:
             model is then dismissed after about 10 misses, at the price of also dismissing
             heavily attacked watermarks that match less often. It cannot raise the
             false-claim rate. Default None: query until "owned" is reached or out of reach.
+        unsafe_no_control: allow ``decoy_ratio=0`` for a key whose samples all share one
+            label, as ownmark did before issue 7 (default False: refused, because an API
+            that answers that label to everything is then "owned"). For measuring the old
+            behaviour only; the CLI does not offer it and evidence check notes it.
     """
 
     alpha: float | None = None
@@ -79,6 +83,7 @@ class VerifyConfig:
     control_level: float = 0.01
     max_errors: int = 10
     min_watermark_rate: float | None = None
+    unsafe_no_control: bool = False
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
@@ -316,7 +321,8 @@ def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
             f"{test.p0:.4g}; raise the budget (--max-queries), accept a larger alpha, or make "
             "a key with more samples that survive calibration (a lower p0)"
         )
-    if config.decoy_ratio <= 0 and len(set(key.labels.tolist())) == 1:
+    one_label = len(set(key.labels.tolist())) == 1
+    if config.decoy_ratio <= 0 and one_label and not config.unsafe_no_control:
         raise ConfigError(
             "this key gives every sample the same label, so without decoys an API that "
             "answers that label to everything would be 'owned'; keep decoys on (decoy_ratio "
