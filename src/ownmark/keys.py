@@ -174,12 +174,13 @@ class KeySet:
         return compute_commitment(self.metadata(), self.tensors())
 
     def select(self, indices: torch.Tensor) -> KeySet:
-        """A copy holding only the samples at ``indices`` (a new commitment)."""
+        """A copy holding only the samples at ``indices`` (a new commitment, so no time stamp)."""
         return replace(
             self,
             images=self.images[indices].clone(),
             labels=self.labels[indices].clone(),
             originals=self.originals[indices].clone(),
+            timestamp_token="",
         )
 
     def with_p0(self, p0: float, source: str) -> KeySet:

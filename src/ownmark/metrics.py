@@ -12,10 +12,10 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(
+def logits(
     model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | None = None
 ) -> torch.Tensor:
-    """Top-1 labels (int64, on CPU) of ``model`` for uint8 ``images`` (N×C×H×W).
+    """Scores (float, N×K, on CPU) of ``model`` for uint8 ``images`` (N×C×H×W).
 
     The model's train/eval mode is restored afterwards.
     """
@@ -26,10 +26,19 @@ def predict(
     try:
         for start in range(0, len(images), batch_size):
             batch = to_float_images(images[start : start + batch_size].to(target))
-            outputs.append(model(batch).argmax(dim=1).cpu())
+            outputs.append(model(batch).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.int64)
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | None = None
+) -> torch.Tensor:
+    """Top-1 labels (int64, on CPU) of ``model`` for uint8 ``images`` (N×C×H×W)."""
+    if len(images) == 0:
+        return torch.empty(0, dtype=torch.int64)
+    return logits(model, images, batch_size, device).argmax(dim=1)
 
 
 def accuracy(

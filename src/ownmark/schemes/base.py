@@ -112,14 +112,12 @@ class WatermarkScheme(ABC):
         seed = secrets.randbits(63) if seed is None else seed
         generator = torch.Generator().manual_seed(seed)
         label_map = self.label_map(num_classes, generator)
-        self.config = self.resolve_secrets(data.image_shape, generator)
-        try:
-            originals, labels, decoys, decoy_labels = self.pick_sources(data, label_map, generator)
-            triggers = self.make_triggers(originals, generator)
-        finally:
-            resolved, self.config = self.config, cfg
+        # The same scheme with every secret drawn: it makes this key's images.
+        resolved = type(self)(self.resolve_secrets(data.image_shape, generator))
+        originals, labels, decoys, decoy_labels = resolved.pick_sources(data, label_map, generator)
+        triggers = resolved.make_triggers(originals, generator)
         decoy_key_labels = self.decoy_key_labels(decoy_labels, labels, label_map, generator)
-        params: dict[str, Any] = dataclasses.asdict(resolved)
+        params: dict[str, Any] = dataclasses.asdict(resolved.config)
         params["label_map"] = {str(k): v for k, v in sorted(label_map.items())}
         # What came from the secret: the label map, and trigger parameters drawn for None.
         params["secret"] = sorted(

@@ -119,6 +119,44 @@ def load_logo(path: str, channels: int, ink: int = 255) -> tuple[np.ndarray, np.
     return alpha, colour
 
 
+def _ink(cfg: ContentConfig, channels: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stamp before placement: (mask sh×sw in [0,1], colour C×sh×sw)."""
+    if cfg.font_size < 0:
+        raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {cfg.font_size}")
+    if not 0 <= cfg.intensity <= 255:
+        raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
+    if cfg.logo:
+        return load_logo(cfg.logo, channels, cfg.intensity)
+    if not cfg.text:
+        raise ConfigError("content needs a non-empty text or a logo")
+    mask = render_text(cfg.text, cfg.font_size or max(6, round(h / 3)))
+    return mask, np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)
+
+
+def _check_fits(cfg: ContentConfig, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> None:
+    """ConfigError unless the stamp leaves a 1-pixel edge above and below it."""
+    (sh, sw), (h, w) = stamp_hw, image_hw
+    if sh > h - 2 or sw > w:
+        what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
+        raise ConfigError(
+            f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
+            "use a smaller logo, a shorter text or a smaller font_size"
+        )
+
+
+def _fits(cfg: ContentConfig, image_shape: tuple[int, int, int]) -> bool:
+    """Whether the stamp fits the images (at its position, if one is given)."""
+    channels, h, w = image_shape
+    sh, sw = _ink(cfg, channels, h)[0].shape
+    try:
+        _check_fits(cfg, (sh, sw), (h, w))
+        if cfg.position is not None:
+            _place(cfg.position, (sh, sw), (h, w))
+    except ConfigError:
+        return False
+    return True
+
+
 @register_scheme
 class ContentScheme(WatermarkScheme):
     """Zhang et al.'s WM_content: stamp a word or logo on source-class images, relabel them."""
@@ -127,83 +165,39 @@ class ContentScheme(WatermarkScheme):
     summary = "text ('TEST') or a logo stamped on source-class images (Zhang et al. 2018)"
     config_class = ContentConfig
 
-    def _ink(self, channels: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stamp before placement: (mask sh×sw in [0,1], colour C×sh×sw)."""
-        cfg = self.config
-        assert isinstance(cfg, ContentConfig)
-        if cfg.font_size < 0:
-            raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {cfg.font_size}")
-        if not 0 <= cfg.intensity <= 255:
-            raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
-        if cfg.logo:
-            return load_logo(cfg.logo, channels, cfg.intensity)
-        if not cfg.text:
-            raise ConfigError("content needs a non-empty text or a logo")
-        mask = render_text(cfg.text, cfg.font_size or max(6, round(h / 3)))
-        return mask, np.full((channels, *mask.shape), float(cfg.intensity), dtype=np.float32)
-
     def resolve_secrets(
         self, image_shape: tuple[int, int, int], generator: torch.Generator
     ) -> SchemeConfig:
         """Draw a secret text (unless a text or logo is given) and a secret edge place."""
         cfg = self.config
         assert isinstance(cfg, ContentConfig)
+        channels, h, w = image_shape
         if cfg.text is None and not cfg.logo:
             # Redraw a text that would not fit where it must go (wide letters, a given place).
             for _ in range(100):
                 picks = torch.randint(
                     len(SECRET_TEXT_ALPHABET), (SECRET_TEXT_LENGTH,), generator=generator
                 )
-                self.config = replace(
-                    cfg, text="".join(SECRET_TEXT_ALPHABET[int(i)] for i in picks)
-                )
-                if self._fits(image_shape):
+                drawn = replace(cfg, text="".join(SECRET_TEXT_ALPHABET[int(i)] for i in picks))
+                if _fits(drawn, image_shape):
                     break
-            cfg = self.config
-            assert isinstance(cfg, ContentConfig)
+            cfg = drawn
         if cfg.position is None:
-            channels, h, w = image_shape
-            self.config = cfg
-            sh, sw = self._ink(channels, h)[0].shape
-            self._check_fits((sh, sw), (h, w))
+            sh, sw = _ink(cfg, channels, h)[0].shape
+            _check_fits(cfg, (sh, sw), (h, w))
             top = bool(torch.randint(2, (1,), generator=generator))
             x = int(torch.randint(w - sw + 1, (1,), generator=generator))
             cfg = replace(cfg, position=f"{x},{1 if top else h - sh - 1}")
         return cfg
-
-    def _fits(self, image_shape: tuple[int, int, int]) -> bool:
-        """Whether the stamp fits the images (at its position, if one is given)."""
-        cfg = self.config
-        assert isinstance(cfg, ContentConfig)
-        channels, h, w = image_shape
-        sh, sw = self._ink(channels, h)[0].shape
-        try:
-            self._check_fits((sh, sw), (h, w))
-            if cfg.position is not None:
-                _place(cfg.position, (sh, sw), (h, w))
-        except ConfigError:
-            return False
-        return True
-
-    def _check_fits(self, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> None:
-        cfg = self.config
-        assert isinstance(cfg, ContentConfig)
-        (sh, sw), (h, w) = stamp_hw, image_hw
-        if sh > h - 2 or sw > w:
-            what = f"logo {cfg.logo}" if cfg.logo else f"text {cfg.text!r}"
-            raise ConfigError(
-                f"{what} is {sw}x{sh} pixels but key images are {w}x{h}; "
-                "use a smaller logo, a shorter text or a smaller font_size"
-            )
 
     def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
         cfg = self.config
         assert isinstance(cfg, ContentConfig)
         channels, h, w = image_shape
-        mask, colour = self._ink(channels, h)
+        mask, colour = _ink(cfg, channels, h)
         sh, sw = mask.shape
-        self._check_fits((sh, sw), (h, w))
+        _check_fits(cfg, (sh, sw), (h, w))
         if cfg.position is None:
             raise ConfigError("the stamp's position is not resolved; generate the key first")
         y, x = _place(cfg.position, (sh, sw), (h, w))

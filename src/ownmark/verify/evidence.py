@@ -36,7 +36,9 @@ from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
 from ownmark.verify.verifier import (
+    ControlResult,
     QueryRecord,
+    RequestLayout,
     VerificationResult,
     VerifyConfig,
     control_test,
@@ -44,8 +46,6 @@ from ownmark.verify.verifier import (
     image_sha256,
     implausibly_few,
     plan_test,
-    query_order,
-    request_layout,
     score_answer,
 )
 
@@ -171,17 +171,12 @@ def render_report(doc: dict[str, Any]) -> str:
 def _control_line(control: dict[str, Any] | None) -> str:
     if control is None:
         return "- control group: none (no decoys were sent)"
+    c = ControlResult(**control)
     return (
-        f"- control group: {control['answered']} decoys answered, {control['correct']} "
-        f"correctly (p {control['accuracy_p']:.2e} against chance), "
-        f"{control['key_label_hits']} with the key label (separation p "
-        f"{control['separation_p']:.2e}); level {control['level']:g}: "
-        + (
-            "passed"
-            if control["accuracy_p"] <= control["level"]
-            and control["separation_p"] <= control["level"]
-            else "FAILED"
-        )
+        f"- control group: {c.answered} decoys answered, {c.correct} correctly (p "
+        f"{c.accuracy_p:.2e} against chance), {c.key_label_hits} with the key label "
+        f"(separation p {c.separation_p:.2e}); level {c.level:g}: "
+        + ("passed" if c.passed else "FAILED")
     )
 
 
@@ -544,7 +539,8 @@ def _check_layout(
     committed ones at the committed places: leaving out an unfavourable query, reordering,
     or re-running with a chosen seed all break it.
     """
-    order = query_order(key, budget)
+    layout = RequestLayout(key, config)
+    order = layout.order[:budget]
     requests: dict[int, list[QueryRecord]] = {}
     for r in records:
         requests.setdefault(r.request, []).append(r)
@@ -561,7 +557,7 @@ def _check_layout(
                 "(queries left out or reordered?)"
             )
             return
-        if items != request_layout(key, config, rows, number, cursor):
+        if items != layout.items(rows, number, cursor):
             check.problems.append(f"request {number}: the decoys are not the committed ones")
             return
         sent += len(rows)

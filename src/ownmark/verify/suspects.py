@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ownmark.metrics import to_float_images
+from ownmark.metrics import logits
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,8 @@ class LocalModelSuspect:
     def address(self) -> str:
         return self._address
 
-    @torch.no_grad()
     def query(self, images: torch.Tensor) -> Sequence[object]:
-        was_training = self._model.training
-        self._model.eval()
-        try:
-            device = next(iter(self._model.parameters())).device
-            return labels_from_scores(self._model(to_float_images(images.to(device))))
-        finally:
-            self._model.train(was_training)
+        return labels_from_scores(logits(self._model, images)) if len(images) else []
 
     def close(self) -> None:
         """Nothing to release; here so that every suspect ownmark opens can be closed."""

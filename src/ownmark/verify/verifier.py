@@ -256,14 +256,6 @@ def score_answer(answer: object, num_classes: int) -> tuple[Any, int | None, str
     return label, label, None
 
 
-def key_query_outcome(
-    answer: object, key_label: int, num_classes: int
-) -> tuple[Any, bool, str | None]:
-    """(recorded answer, matched, error) for one key query's raw answer."""
-    shown, label, error = score_answer(answer, num_classes)
-    return shown, label is not None and label == key_label, error
-
-
 def control_test(records: list[QueryRecord], num_classes: int, level: float) -> ControlResult:
     """The control group's tests from a run's records (see :class:`ControlResult`)."""
     decoys = [r for r in records if r.role == "decoy"]
@@ -336,37 +328,47 @@ def plan_test(key: KeySet, config: VerifyConfig) -> BinomialTest:
     return test
 
 
-def _derived_seed(key: KeySet, purpose: str) -> int:
-    """A 63-bit seed fixed by the key's commitment (nobody picks it after the fact)."""
-    digest = hashlib.sha256(f"{key.commitment}|{purpose}".encode()).digest()
+def _derived_seed(commitment: str, purpose: str) -> int:
+    """A 63-bit seed fixed by a key's commitment (nobody picks it after the fact)."""
+    digest = hashlib.sha256(f"{commitment}|{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
 def query_order(key: KeySet, budget: int) -> list[int]:
     """The key rows a verification queries, in order: fixed by the key's commitment."""
-    generator = torch.Generator().manual_seed(_derived_seed(key, "query-order"))
-    order: list[int] = torch.randperm(len(key), generator=generator)[:budget].tolist()
-    return order
+    return RequestLayout(key, VerifyConfig(decoy_ratio=0)).order[:budget]
 
 
-def request_layout(
-    key: KeySet, config: VerifyConfig, key_rows: list[int], request: int, decoy_cursor: int
-) -> list[tuple[str, int]]:
-    """The images of one request: ``key_rows`` in order, decoys filling it to a fixed size.
+class RequestLayout:
+    """What each request of a verification holds, all fixed by the key's commitment.
 
-    Decoys are taken in an order fixed by the commitment (wrapping around only if the key's
-    decoys run out) and put at places fixed by the commitment and the request's number.
+    The key samples go out in :attr:`order`; each request is filled to
+    ``config.request_size`` with decoys taken in a committed order (wrapping around only if
+    the key's decoys run out) at places fixed by the commitment and the request's number.
+    The verifier sends these requests and ``evidence check`` recomputes them. The key's
+    commitment is hashed once, here.
     """
-    items: list[tuple[str, int]] = [("key", row) for row in key_rows]
-    if config.decoy_ratio <= 0 or len(key.decoys) == 0:
+
+    def __init__(self, key: KeySet, config: VerifyConfig) -> None:
+        commitment = key.commitment
+        self.commitment = commitment
+        self._config = config
+        self._use_decoys = config.decoy_ratio > 0 and len(key.decoys) > 0
+        order = torch.Generator().manual_seed(_derived_seed(commitment, "query-order"))
+        self.order: list[int] = torch.randperm(len(key), generator=order).tolist()
+        decoys = torch.Generator().manual_seed(_derived_seed(commitment, "decoy-order"))
+        self._decoy_order: list[int] = torch.randperm(len(key.decoys), generator=decoys).tolist()
+
+    def items(self, key_rows: list[int], request: int, decoy_cursor: int) -> list[tuple[str, int]]:
+        """(role, row) of each image of request number ``request``, in the order sent."""
+        items: list[tuple[str, int]] = [("key", row) for row in key_rows]
+        if not self._use_decoys:
+            return items
+        places = random.Random(_derived_seed(self.commitment, f"decoy-places-{request}"))
+        for j in range(self._config.request_size - len(key_rows)):
+            decoy = self._decoy_order[(decoy_cursor + j) % len(self._decoy_order)]
+            items.insert(places.randrange(len(items) + 1), ("decoy", decoy))
         return items
-    generator = torch.Generator().manual_seed(_derived_seed(key, "decoy-order"))
-    decoy_order = torch.randperm(len(key.decoys), generator=generator).tolist()
-    places = random.Random(_derived_seed(key, f"decoy-places-{request}"))
-    for j in range(config.request_size - len(key_rows)):
-        decoy = decoy_order[(decoy_cursor + j) % len(decoy_order)]
-        items.insert(places.randrange(len(items) + 1), ("decoy", decoy))
-    return items
 
 
 def verify_ownership(
@@ -393,10 +395,10 @@ def verify_ownership(
     """
     config = VerifyConfig(**{**asdict(config or VerifyConfig()), **overrides})
     test = plan_test(key, config)
-    order = query_order(key, test.max_queries)
+    layout = RequestLayout(key, config)
     records: list[QueryRecord] = []
     started = _now()
-    sent = matches = errors = requests = decoy_cursor = 0
+    sent = matches = errors = all_errors = requests = decoy_cursor = 0
     control: ControlResult | None = None
     stop_reason = "budget"
     while sent < test.max_queries:
@@ -407,8 +409,8 @@ def verify_ownership(
             stop_reason = "futile"
             break
         size = min(needed if config.sequential else test.max_queries, config.key_slots)
-        rows = order[sent : sent + size]
-        items = request_layout(key, config, rows, requests, decoy_cursor)
+        rows = layout.order[sent : min(sent + size, test.max_queries)]
+        items = layout.items(rows, requests, decoy_cursor)
         answered = _one_request(key, suspect, items, requests)
         records.extend(answered)
         requests += 1
@@ -416,6 +418,7 @@ def verify_ownership(
         decoy_cursor += len(items) - len(rows)
         matches += sum(r.matched for r in answered if r.role == "key")
         errors += sum(r.error is not None for r in answered if r.role == "key")
+        all_errors += sum(r.error is not None for r in answered)
         if on_request is not None:
             on_request(requests, sent, matches)
         if config.decoy_ratio > 0:
@@ -423,7 +426,7 @@ def verify_ownership(
         if test.reached(matches, sent) and (control is None or control.passed):
             stop_reason = "owned"
             break
-        if sum(r.error is not None for r in records) > config.max_errors:
+        if all_errors > config.max_errors:
             stop_reason = "errors"
             break
         # Failed queries might have been matches: only answered misses count against.
@@ -449,7 +452,7 @@ def verify_ownership(
         method=test.method,
         config=config,
         control=control,
-        key_commitment=key.commitment,
+        key_commitment=layout.commitment,
         suspect=suspect.address,
         protocol=str(getattr(suspect, "protocol", "python")),
         transport={
