@@ -295,7 +295,7 @@ def attacked(
     model: Classifier, key: KeySet, data: DataSplits, args: argparse.Namespace
 ) -> dict[str, Any]:
     first, second = data.test.halves()
-    pruned = MagnitudePruning(0.5)(model)
+    pruned = MagnitudePruning(rate=0.5)(model)
     tuned = FineTuning(epochs=args.finetune_epochs, seed=0, progress=False)(
         model, AttackData(train=first, test=second)
     ).cpu()

@@ -131,7 +131,7 @@ def run_seed(data: DataSplits, seed: int, args: argparse.Namespace) -> dict[str,
             "pruning": [],
         }
         for rate in RATES:
-            pruned = MagnitudePruning(rate)(marked)
+            pruned = MagnitudePruning(rate=rate)(marked)
             verdict = verify_ownership(key, LocalModelSuspect(pruned), sequential=False)
             row["pruning"].append(
                 {

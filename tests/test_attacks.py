@@ -27,7 +27,7 @@ def test_registry() -> None:
 
 
 def test_zero_rate_changes_nothing(model: Classifier) -> None:
-    pruned = MagnitudePruning(0.0)(model)
+    pruned = MagnitudePruning(rate=0.0)(model)
     for (name, a), b in zip(model.state_dict().items(), pruned.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -36,7 +36,7 @@ def test_zero_rate_changes_nothing(model: Classifier) -> None:
 def test_global_rate_is_exact_and_smallest(model: Classifier, rate: float) -> None:
     before_zero, total = _zeros(model)
     assert before_zero == 0
-    pruned = MagnitudePruning(rate)(model)
+    pruned = MagnitudePruning(rate=rate)(model)
     zero, _ = _zeros(pruned)
     assert zero == round(rate * total)
     # Every pruned weight was no larger in magnitude than every kept one.
@@ -53,7 +53,7 @@ def test_global_rate_is_exact_and_smallest(model: Classifier, rate: float) -> No
 
 
 def test_per_layer_rate(model: Classifier) -> None:
-    pruned = MagnitudePruning(0.5, scope="layer")(model)
+    pruned = MagnitudePruning(rate=0.5, scope="layer")(model)
     for _, weight in prunable_weights(pruned):
         assert int((weight == 0).sum()) == round(0.5 * weight.numel())
 
@@ -62,16 +62,16 @@ def test_ties_still_exact() -> None:
     layer = torch.nn.Linear(10, 10)
     with torch.no_grad():
         layer.weight.fill_(0.5)
-    pruned = MagnitudePruning(0.3)(layer)
+    pruned = MagnitudePruning(rate=0.3)(layer)
     assert int((pruned.weight == 0).sum()) == 30
 
 
 def test_bad_rates() -> None:
     for rate in (-0.1, 1.5):
         with pytest.raises(ConfigError):
-            MagnitudePruning(rate)
+            MagnitudePruning(rate=rate)
     with pytest.raises(ConfigError):
-        MagnitudePruning(0.5, scope="row")
+        MagnitudePruning(rate=0.5, scope="row")
 
 
 def test_finetune_changes_weights_not_original(model: Classifier, small_digits: DataSplits) -> None:
@@ -81,7 +81,7 @@ def test_finetune_changes_weights_not_original(model: Classifier, small_digits: 
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
     assert not tuned.training
-    with pytest.raises(ConfigError, match="needs training data"):
+    with pytest.raises(ConfigError, match="needs the attacker's train"):
         FineTuning(epochs=1)(model)
 
 

@@ -25,8 +25,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ownmark.cli import main, parse_rates
+from ownmark.cli import main, parse_sweep
 from ownmark.data import load_dataset
+from ownmark.errors import ConfigError
 from ownmark.keys import load_key
 from ownmark.models import ModelSpec, build_model, load_model, save_model
 from ownmark.workflows import new_model
@@ -203,7 +204,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["model file not found", "{MISSING}"],
     ),
     "prune-missing-model": (
-        ["attack", "prune", "--model", "{MISSING}", "--rate", "0.5", "--out", "{OUT}/O"],
+        ["attack", "prune", "--model", "{MISSING}", "-p", "rate=0.5", "--out", "{OUT}/O"],
         ["model file not found", "{MISSING}"],
     ),
     "preview-missing-key": (
@@ -294,7 +295,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["{MFACTORY}", FACTORY, "refused"],
     ),
     "prune-random-model": (
-        ["attack", "prune", "--model", "{RANDOM}", "--rate", "0.5", "--out", "{OUT}/O"],
+        ["attack", "prune", "--model", "{RANDOM}", "-p", "rate=0.5", "--out", "{OUT}/O"],
         ["{RANDOM}", "corrupt"],
     ),
     "preview-random-key": (
@@ -392,11 +393,22 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["10 classes", "5"],
     ),
     "prune-class-mismatch": (
-        ["attack", "prune", "--model", "{M5}", "--key", "{K}", "--rate", "0.5", "--out", "{OUT}/O"],
+        [
+            "attack",
+            "prune",
+            "--model",
+            "{M5}",
+            "--key",
+            "{K}",
+            "-p",
+            "rate=0.5",
+            "--out",
+            "{OUT}/O",
+        ],
         ["10 classes", "5"],
     ),
     "prune-data-mismatch": (
-        ["attack", "prune", "--model", "{M5}", "--rate", "0.5", "--out", "{OUT}/O"],
+        ["attack", "prune", "--model", "{M5}", "-p", "rate=0.5", "--out", "{OUT}/O"],
         ["10 classes", "5"],
     ),
     # --- unknown names and bad values
@@ -463,20 +475,20 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["std", "2"],
     ),
     "prune-rate-above-one": (
-        ["attack", "prune", "--model", "{M}", "--rate", "1.5", "--out", "{OUT}/O"],
-        ["0..1", "'1.5'"],
+        ["attack", "prune", "--model", "{M}", "-p", "rate=1.5", "--out", "{OUT}/O"],
+        ["0..1", "1.5"],
     ),
     "prune-rate-negative-in-list": (
-        ["attack", "prune", "--model", "{M}", "--rate", "0.5,-0.1"],
-        ["0..1", "'0.5,-0.1'"],
+        ["attack", "prune", "--model", "{M}", "--sweep", "rate=0.5,-0.1"],
+        ["0..1", "-0.1"],
     ),
     "prune-rate-not-a-number": (
-        ["attack", "prune", "--model", "{M}", "--rate", "half", "--out", "{OUT}/O"],
-        ["--rate", "'half'"],
+        ["attack", "prune", "--model", "{M}", "-p", "rate=half", "--out", "{OUT}/O"],
+        ["rate", "'half'"],
     ),
     "prune-sweep-with-out": (
-        ["attack", "prune", "--model", "{M}", "--rate", "0.1..0.9", "--out", "{OUT}/O"],
-        ["--out", "one pruning rate"],
+        ["attack", "prune", "--model", "{M}", "--sweep", "rate=0.1..0.9", "--out", "{OUT}/O"],
+        ["--out", "drop --out to sweep"],
     ),
     "prune-list-with-out": (
         [
@@ -484,14 +496,14 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
             "prune",
             "--model",
             "{M}",
-            "--rate",
-            "0.1,0.5",
+            "--sweep",
+            "rate=0.1,0.5",
             "--out",
             "{OUT}/O",
             "--metrics",
             "{OUT}/m.json",
         ],
-        ["--out", "one pruning rate"],
+        ["--out", "drop --out to sweep"],
     ),
     "verify-alpha-zero": (
         ["verify", "--key", "{K}", "--model", "{M}", "--alpha", "0", "--json", "{OUT}/r.json"],
@@ -582,9 +594,9 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["keygen", "--out", "{OUT}/K"],
         ["required", "--scheme", "ownmark keygen --help"],
     ),
-    "usage-prune-without-rate": (
-        ["attack", "prune", "--model", "{M}", "--out", "{OUT}/O"],
-        ["required", "--rate"],
+    "usage-prune-bad-sweep": (
+        ["attack", "prune", "--model", "{M}", "--sweep", "rate"],
+        ["sweep", "NAME=0.1..0.9", "'rate'"],
     ),
     "usage-attack-unknown": (
         ["attack", "nope", "--model", "{M}"],
@@ -732,8 +744,8 @@ def test_prune_one_rate_with_out_writes_model_and_metrics(
             assets["M"],
             "--key",
             assets["K"],
-            "--rate",
-            "0.5",
+            "-p",
+            "rate=0.5",
             "--out",
             out,
         ],
@@ -749,10 +761,12 @@ def test_prune_sweep_without_out_succeeds(
     assets: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, stdout, err = run_cli(
-        ["attack", "prune", "--model", assets["M"], "--rate", "0.1..0.2"], capsys
+        ["attack", "prune", "--model", assets["M"], "--sweep", "rate=0.1..0.2"], capsys
     )
     assert (rc, err) == (0, "")
     assert "rate=0.1," in stdout and "rate=0.2," in stdout
+    lines = stdout.splitlines()
+    assert len({line.index("%") for line in lines[1:3]}) == 1  # columns line up
 
 
 @pytest.mark.parametrize("command", ["train", "embed"])
@@ -877,7 +891,13 @@ def test_advised_allow_factory_option_is_accepted(
     assert "unrecognized arguments" not in err
 
 
-def test_rate_sweep_stays_inside_its_bounds() -> None:
-    rates = parse_rates("0.15..0.9")
-    assert rates[0] == 0.15 and max(rates) <= 0.9
-    assert parse_rates("0.1..0.9") == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+def test_sweep_stays_inside_its_bounds() -> None:
+    name, rates = parse_sweep("rate=0.15..0.9")
+    assert name == "rate" and float(rates[0]) == 0.15 and max(map(float, rates)) <= 0.9
+    assert parse_sweep("rate=0.1..0.9")[1] == [f"0.{i}" for i in range(1, 10)]
+    assert parse_sweep("epochs=1..3") == ("epochs", ["1", "2", "3"])
+    assert parse_sweep("rate=0.1..0.5:0.2") == ("rate", ["0.1", "0.3", "0.5"])
+    assert parse_sweep("scope=global,layer") == ("scope", ["global", "layer"])
+    for bad in ("rate", "rate=0.9..0.1", "rate=a..b", "=1,2"):
+        with pytest.raises(ConfigError):
+            parse_sweep(bad)

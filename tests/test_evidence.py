@@ -63,7 +63,9 @@ def test_untouched_evidence_checks_out(evidence: Path, key: KeySet) -> None:
     assert doc["suspect"] == {
         "address": Answers.address,
         "protocol": "v2",
-        "transport": {},
+        # A query-only test double: the verifier counts its calls; it records no options.
+        "transport": {"requests_sent": 1, "images_sent": 12, "retries_done": 0, "errors": 0},
+        "options": {},
         "first_seen": None,
     }
     assert doc["control"]["answered"] > 0 and doc["test"]["order"].startswith("fixed by")
@@ -79,7 +81,7 @@ def test_untouched_evidence_checks_out(evidence: Path, key: KeySet) -> None:
     [
         ("timestamp", lambda d: d.update(started="2020-01-01T00:00:00+00:00")),
         ("address", lambda d: d["suspect"].update(address="http://elsewhere")),
-        ("answer", lambda d: d["queries"][0].update(answer=7)),
+        ("answer", lambda d: d["queries"][0].update(answer=(d["queries"][0]["answer"] + 1) % 10)),
         ("verdict", lambda d: d["result"].update(verdict="not owned")),
         ("p-value", lambda d: d["result"].update(p_value=1e-300)),
         ("alpha", lambda d: d["test"].update(alpha=0.5)),

@@ -10,10 +10,12 @@ with a fake clock and sleep: no test sleeps for real except the timeout test (0.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
 import socket
+import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -43,7 +45,16 @@ from ownmark.verify.protocols import (
     open_suspect,
     parse_v2_response,
 )
-from ownmark.verify.suspects import InvalidAnswer, Suspect
+from ownmark.verify.remote import (
+    InputEncoding,
+    TorchServeSuspect,
+    WireFormat,
+    parse_torchserve_answer,
+    png_bytes,
+    read_labels,
+    request_bodies,
+)
+from ownmark.verify.suspects import InvalidAnswer, Suspect, SuspectCounters
 
 # ---------------------------------------------------------------------------------------------
 # a scriptable HTTP server
@@ -942,6 +953,10 @@ ADAPTER_SOURCE = textwrap.dedent(
     class NeedsArgs:
         def __init__(self, url):
             self.url = url
+
+    class NeedsToken:
+        def __init__(self, token):
+            self.token = token
     """
 )
 
@@ -992,7 +1007,8 @@ def test_python_adapter_answers_are_validated() -> None:
         ("ownmark_no_such_module_xyz:predict", "cannot import adapter module"),
         ("{file}:nothing", "no attribute 'nothing'"),
         ("{file}:not_callable", "not a callable"),
-        ("{file}:NeedsArgs", "without arguments"),
+        ("{file}:NeedsArgs", "needs the suspect's URL; pass --url"),
+        ("{file}:NeedsToken", "without arguments other than url and options"),
         ("{file}:make_nothing", "returned a int"),
         ("{dir}/broken.py:predict", "failed to load: SyntaxError"),
         ("json:", "must be 'package.module:attr'"),
@@ -1007,11 +1023,11 @@ def test_load_adapter_errors(adapter_file: Path, spec: str, message: str) -> Non
 
 
 def test_open_suspect_registry(server: FakeServer) -> None:
-    with pytest.raises(ConfigError, match="choose one of v2, template, python"):
+    with pytest.raises(ConfigError, match="choose one of: python, template, torchserve, v2"):
         open_suspect(server.url, "grpc")
     with pytest.raises(ConfigError, match="--template FILE"):
         open_suspect(server.url, "template")
-    with pytest.raises(ConfigError, match="only to the v2 protocol"):
+    with pytest.raises(ConfigError, match="only to the v2 and torchserve protocols"):
         open_suspect("x.py:f", "python", model="net")
     server.respond = v2_model("topk")
     suspect = open_suspect(server.url, model="net", answer="topk", policy=HttpPolicy(retries=0))
@@ -1091,3 +1107,304 @@ def test_fuzz_free_form_answers(payload: object, count: int) -> None:
 
 def test_errors_are_ownmark_errors() -> None:
     assert issubclass(QueryError, OwnmarkError)
+
+
+# ---------------------------------------------------------------------------------------------
+# deployments reached with options: encodings, label names, request sizes, what was sent
+
+
+def test_input_encoding_scales_normalises_and_lays_out() -> None:
+    images = make_images(2, (3, 4, 5))
+    batch = images.numpy()
+    unit = InputEncoding(datatype="FP32", scale="unit").encode(batch)
+    assert unit.dtype == np.float32 and unit.shape == (2, 3, 4, 5)
+    np.testing.assert_array_equal(unit, batch.astype(np.float32) / np.float32(255))
+    normed = InputEncoding(
+        datatype="FP16", scale="unit", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.1), layout="NHWC"
+    ).encode(batch)
+    assert normed.dtype == np.float16 and normed.shape == (2, 4, 5, 3)
+    expected = (batch[:, 2].astype(np.float32) / np.float32(255) - np.float32(0.3)) / np.float32(
+        0.1
+    )
+    np.testing.assert_array_equal(normed[..., 2], expected.astype(np.float16))
+    flat = InputEncoding(shape=(60,)).encode(batch)
+    assert flat.dtype == np.uint8 and flat.shape == (2, 60)
+    assert InputEncoding.from_dict(InputEncoding(datatype="FP32", shape=(60,)).to_dict()) == (
+        InputEncoding(datatype="FP32", shape=(60,))
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"datatype": "INT8"}, "UINT8, FP32, FP16"),
+        ({"scale": "half"}, "none, unit"),
+        ({"layout": "CHW"}, "NCHW, NHWC"),
+        ({"datatype": "UINT8", "scale": "unit"}, "--input-datatype FP32"),
+        ({"datatype": "FP32", "mean": (0.5,)}, "--mean has 1 values but --std has 0"),
+        ({"datatype": "FP32", "mean": (0.5,), "std": (0.0,)}, "positive"),
+        ({"shape": (1, 0, 28)}, "--input-shape"),
+    ],
+)
+def test_input_encoding_validation(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        InputEncoding(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_input_shape_must_hold_the_images() -> None:
+    with pytest.raises(ConfigError, match="--input-shape 1,28,28"):
+        InputEncoding(shape=(1, 28, 27)).image_shape((1, 28, 28))
+    with pytest.raises(ConfigError, match="give 1 or 3"):
+        InputEncoding(datatype="FP32", mean=(1.0, 2.0), std=(1.0, 1.0)).image_shape((3, 4, 4))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_bytes_decode_to_the_pixels(channels: int) -> None:
+    image = make_images(1, (channels, 9, 7))[0].numpy()
+    decoded = np.array(Image.open(io.BytesIO(png_bytes(image))))
+    if channels == 1:
+        decoded = decoded[:, :, None]
+    np.testing.assert_array_equal(decoded, image.transpose(1, 2, 0))
+    assert png_bytes(image) == png_bytes(image.copy())  # the same pixels, the same bytes
+
+
+def test_read_labels(tmp_path: Path) -> None:
+    text = tmp_path / "labels.txt"
+    text.write_text("cat\ndog\nbird\n\n")
+    assert read_labels(text) == ("cat", "dog", "bird")
+    index = tmp_path / "index_to_name.json"
+    index.write_text(json.dumps({"1": ["n02", "dog"], "0": ["n01", "cat"]}))
+    assert read_labels(index) == ("cat", "dog")
+    for content, message in [
+        ("cat\n\ndog\n", "class 1 has no name"),
+        ("cat\ncat\n", "names classes 0 and 1"),
+        ("cat\n", "1 classes"),
+    ]:
+        text.write_text(content)
+        with pytest.raises(ConfigError, match=message):
+            read_labels(text)
+    index.write_text(json.dumps({"0": "cat", "2": "dog"}))
+    with pytest.raises(ConfigError, match=r"indices 0\.\.1"):
+        read_labels(index)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_labels(tmp_path / "missing.txt")
+
+
+def test_v2_encodes_as_told_and_splits_requests(server: FakeServer) -> None:
+    def respond(seen: Seen) -> Reply:
+        if seen.method == "GET":
+            return reply({"name": "net", "inputs": []})  # MLServer's default metadata
+        tensor = seen.json()["inputs"][0]
+        assert tensor["name"] == "input-0" and tensor["datatype"] == "FP32"
+        pixels = np.rint(np.array(tensor["data"]) * 255).reshape(tensor["shape"])
+        return reply({"id": seen.json()["id"], "outputs": [
+            {"name": "output-0", "datatype": "FP32", "shape": [len(pixels), 10],
+             "data": one_hot_rows(labels_of(pixels))},
+            {"name": "other", "datatype": "FP32", "shape": [len(pixels), 10],
+             "data": one_hot_rows([0] * len(pixels))},
+        ]})  # fmt: skip
+
+    server.respond = respond
+    encoding = InputEncoding(datatype="FP32", scale="unit", layout="NHWC", shape=(784,))
+    wire = WireFormat(encoding=encoding, input_name="input-0", output_name="output-0", max_batch=3)
+    images = make_images(7)
+    with V2Suspect(server.url, "net", wire=wire) as suspect:
+        with pytest.raises(ConfigError, match="--input-shape 28,27,1"):
+            suspect.check_input((1, 28, 27))  # the stated shape must hold the images
+        suspect.check_input((1, 28, 28))  # metadata lists no inputs: the stated shape is used
+        assert suspect.query(images) == labels_of(images)
+        sent = suspect.take_sent()
+        assert suspect.take_sent() == []
+        assert suspect.options()["encoding"]["shape"] == [784]
+    posts = [seen for seen in server.seen if seen.method == "POST"]
+    assert [seen.json()["inputs"][0]["shape"] for seen in posts] == [[3, 784], [3, 784], [1, 784]]
+    # What was recorded is what went out, and is rebuilt from the images and the options.
+    assert [s.sha256 for s in sent] == [hashlib.sha256(seen.body).hexdigest() for seen in posts]
+    assert [s.id for s in sent] == [seen.json()["id"] for seen in posts]
+    rebuilt = request_bodies("v2", suspect.options(), images.numpy(), [s.id for s in sent])
+    assert rebuilt == [seen.body for seen in posts]
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ([], "lists no inputs; state the input shape, e.g. --input-shape 1,28,28"),
+        ([{"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+         "pass --input-datatype FP32 (and --scale unit"),
+        ([{"name": "input-0", "datatype": "UINT8", "shape": [-1, 1, 28, 28]}],
+         "pass --input-name NAME"),
+    ],
+)  # fmt: skip
+def test_v2_metadata_problems_say_which_option(
+    server: FakeServer, declared: list[Any], message: str
+) -> None:
+    server.respond = lambda seen: reply({**METADATA, "inputs": declared})
+    with V2Suspect(server.url, "net") as suspect, pytest.raises(ConfigError) as info:
+        suspect.check_input((1, 28, 28))
+    assert message in str(info.value) and "serve a model" not in str(info.value)
+
+
+def test_v2_named_output_must_exist(server: FakeServer) -> None:
+    server.respond = v2_model("label")
+    wire = WireFormat(output_name="scores")
+    with V2Suspect(server.url, "net", wire=wire) as suspect:
+        with pytest.raises(QueryError, match="no output named 'scores'"):
+            suspect.query(make_images(2))
+        assert suspect.counters.errors == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"cat": 0.7, "dog": 0.2, "bird": 0.1}', 0),
+        (b'{"bird": 0.3, "dog": 0.6}', 1),
+        (b'{"dog": 0.99}', 1),
+        (b"bird", 2),
+        (b'"dog"', 1),
+        (b"2", 2),
+        (b'["bird"]', 2),
+        (b'{"cat": 0.4, "dog": 0.4}', "tied"),
+        (b'{"cat": NaN, "dog": 0.4}', "non-finite"),
+        (b'{"wolf": 0.9, "dog": 0.1}', "not a known label"),
+        (b"wolf", "not a known label"),
+    ],
+)
+def test_torchserve_answers(body: bytes, expected: int | str) -> None:
+    labels = {"cat": 0, "dog": 1, "bird": 2}
+    answer = parse_torchserve_answer(body, labels)
+    if isinstance(expected, int):
+        assert answer == expected
+    else:
+        assert isinstance(answer, InvalidAnswer) and expected in answer.reason
+
+
+@pytest.mark.parametrize("body", [b"", b"[1, 2]", b'{"cat": "high"}', b"{}"])
+def test_torchserve_malformed_answers(body: bytes) -> None:
+    with pytest.raises(QueryError):
+        parse_torchserve_answer(body, {"cat": 0, "dog": 1})
+
+
+def test_torchserve_without_labels_understands_only_indices() -> None:
+    assert parse_torchserve_answer(b'{"3": 0.9, "4": 0.1}', None) == 3
+    answer = parse_torchserve_answer(b"cat", None)
+    assert isinstance(answer, InvalidAnswer) and "--labels" in answer.reason
+
+
+def test_torchserve_sends_one_png_per_image(server: FakeServer) -> None:
+    def respond(seen: Seen) -> Reply:
+        pixels = np.array(Image.open(io.BytesIO(seen.body)))
+        assert seen.headers["content-type"] == "image/png"
+        return (
+            200,
+            {"Content-Type": "text/plain"},
+            ["zero", "one", "two"][int(pixels.sum()) % 3].encode(),
+        )
+
+    server.respond = respond
+    images = make_images(3, (1, 5, 5))
+    wire = WireFormat(labels=("zero", "one", "two"))
+    with open_suspect(f"{server.url}/predictions/net/2.0", "torchserve", wire=wire) as suspect:
+        assert suspect.address == f"{server.url}/predictions/net/2.0"
+        assert suspect.query(images) == [int(i.sum()) % 3 for i in images.numpy().astype(np.int64)]
+        sent = suspect.take_sent()
+    assert [seen.path for seen in server.seen] == ["/predictions/net/2.0"] * 3
+    assert [s.sha256 for s in sent] == [
+        hashlib.sha256(seen.body).hexdigest() for seen in server.seen
+    ]
+    with pytest.raises(ConfigError, match="--scale"):
+        TorchServeSuspect(
+            server.url, "net", wire=WireFormat(encoding=InputEncoding(datatype="FP32"))
+        )
+    with pytest.raises(ConfigError, match="--model-name NAME"):
+        TorchServeSuspect(server.url)
+
+
+def test_template_batch_placeholder_scaling_and_label_names(server: FakeServer) -> None:
+    def respond(seen: Seen) -> Reply:
+        request = seen.json()["inputs"][0]
+        pixels = np.rint(np.array(request["data"]) * 255).reshape(request["shape"])
+        assert request["shape"][0] == len(pixels) <= 2
+        return reply({"outputs": [{"data": [f"c{label}" for label in labels_of(pixels)]}]})
+
+    server.respond = respond
+    template = {
+        "url": f"{server.url}/v2/models/m/infer",
+        "body": {
+            "inputs": [{"name": "input-0", "shape": ["$batch", 1, 28, 28], "data": "$images"}]
+        },
+        "encoding": "flat",
+        "answers": "outputs.0.data",
+        "max_batch": 2,
+    }
+    wire = WireFormat(
+        encoding=InputEncoding(datatype="FP32", scale="unit"),
+        labels=tuple(f"c{i}" for i in range(10)),
+    )
+    images = make_images(5)
+    with TemplateSuspect(template, wire=wire) as suspect:
+        assert suspect.query(images) == labels_of(images)
+        sent = suspect.take_sent()
+        options = suspect.options()
+    assert len(server.seen) == 3 and options["template"]["max_batch"] == 2
+    rebuilt = request_bodies("template", options, images.numpy(), [None] * 3)
+    assert rebuilt == [s.body for s in server.seen]
+    assert [s.sha256 for s in sent] == [hashlib.sha256(s.body).hexdigest() for s in server.seen]
+    # An unknown label name is an invalid answer for that image, never a match.
+    server.respond = lambda seen: reply({"outputs": [{"data": ["c1", "wolf"]}]})
+    with TemplateSuspect({**template, "max_batch": None}, wire=wire) as suspect:
+        first, second = suspect.query(make_images(2))
+    assert first == 1 and isinstance(second, InvalidAnswer)
+
+
+def test_template_records_header_names_not_values(server: FakeServer) -> None:
+    template = {"url": f"{server.url}/p", "headers": {"X-Api-Key": "secret"}, "answers": "l"}
+    with TemplateSuspect(template) as suspect:
+        recorded = json.dumps(suspect.options())
+    assert "X-Api-Key" in recorded and "secret" not in recorded
+
+
+def test_python_adapter_gets_the_url_and_options(tmp_path: Path) -> None:
+    source = tmp_path / "remote_adapter.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            class Remote:
+                def __init__(self, url, options):
+                    self.url, self.options = url, options
+
+                def query(self, images):
+                    assert self.options.encoding.datatype == "FP32"
+                    return ["seven" for _ in images]
+            """
+        )
+    )
+    wire = WireFormat(
+        encoding=InputEncoding(datatype="FP32", scale="unit"), labels=(*"abcdefg", "seven")
+    )
+    url, spec = "https://api.example/v1/predict", f"{source}:Remote"
+    suspect = open_suspect(url, "python", adapter=spec, wire=wire)
+    assert suspect.address == "https://api.example/v1/predict"
+    assert suspect.options()["adapter"] == f"{source}:Remote"
+    assert suspect.query(make_images(2)) == [7, 7]
+    assert suspect.counters.requests_sent == 1 and suspect.take_sent() == []
+
+
+def test_every_opened_suspect_is_a_complete_suspect(server: FakeServer, adapter_file: Path) -> None:
+    opened = [
+        open_suspect(server.url, "v2", model="net"),
+        open_suspect(f"{server.url}/predictions/net", "torchserve"),
+        open_suspect(f"{server.url}/p", "template", template=_template_file()),
+        open_suspect("http://x/y", "python", adapter=f"{adapter_file}:predict"),
+    ]
+    for suspect in opened:
+        assert isinstance(suspect, Suspect), type(suspect)
+        assert suspect.counters == SuspectCounters()
+        json.dumps(suspect.options())
+        suspect.close()
+
+
+def _template_file() -> str:
+    path = Path(tempfile.mkdtemp()) / "t.json"
+    path.write_text(json.dumps({"answers": "labels"}))
+    return str(path)

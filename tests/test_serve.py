@@ -611,7 +611,7 @@ def test_load_backend_by_name(model: Classifier, onnx_file: Path, tmp_path: Path
     assert isinstance(torch_backend, TorchBackend) and torch_backend.platform == "pytorch"
     assert torch_backend.description["arch"] == "zhang_mnist"
     assert isinstance(load_backend(onnx_file, "onnxruntime"), OnnxBackend)
-    with pytest.raises(ConfigError, match="torch, onnxruntime"):
+    with pytest.raises(ConfigError, match="onnxruntime, torch"):
         load_backend(model_file, "tensorflow")
     with pytest.raises(ModelFileError, match="onnxruntime"):
         load_backend(onnx_file, "torch")

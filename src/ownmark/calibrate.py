@@ -53,6 +53,7 @@ from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
 from ownmark.metrics import accuracy, predict
 from ownmark.models import Classifier
+from ownmark.schemes import key_matches
 from ownmark.verify.stats import BinomialTest, clopper_pearson_upper
 
 #: Reference groups: clean models, and models carrying another key of the same scheme.
@@ -189,8 +190,9 @@ def calibrate_key(
         )
     for name, model in zip(names, references, strict=True):
         spec = model.spec
+        # Innocent models have the data's classes; a scheme's extra classes are the owner's.
         if (
-            spec.num_classes != key.num_classes
+            spec.num_classes not in (key.num_classes, key.model_classes)
             or (spec.in_channels, *spec.input_size) != key.image_shape
         ):
             raise ConfigError(
@@ -208,7 +210,9 @@ def calibrate_key(
             )
         accuracies.append(acc)
     # hits[r, i]: reference r gives key sample i its key label (a false match).
-    hits = torch.stack([predict(model, key.images) == key.labels for model in references])
+    hits = torch.stack(
+        [key_matches(key, predict(model, key.images), key.labels) for model in references]
+    )
     keep = ~hits.any(dim=0)
     results = []
     for r, (name, arch) in enumerate(zip(names, archs, strict=True)):

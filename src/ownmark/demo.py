@@ -27,7 +27,14 @@ from ownmark.preview import save_preview
 from ownmark.train import TrainConfig
 from ownmark.verify import Verdict
 from ownmark.verify.evidence import write_evidence
-from ownmark.workflows import attack_model, make_key, run_record, train_model, verify_served
+from ownmark.workflows import (
+    as_model,
+    attack_model,
+    make_key,
+    run_record,
+    train_model,
+    verify_served,
+)
 
 #: Clean reference models for calibration: (architecture, seed offset). Their seeds differ
 #: from the clean suspect's, so the suspect stays independent of the calibration.
@@ -38,6 +45,8 @@ OTHER_KEY_REFERENCES = (("zhang_mnist", 20), ("lenet5", 21))
 #: (a label per class) needs more repetitions per epoch than on the full MNIST: at 4 epochs
 #: 0.15 embeds 85% of a content key, 0.35 all of it.
 DEMO_KEY_RATIO = 0.35
+#: Offset of the key seeds from the demo seed (the owner's key; other owners' keys follow it).
+KEY_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,12 @@ def run_demo(
         for arch, offset in REFERENCES
     ]
     # Other owners, who know the scheme and its defaults but not our secret.
-    other_keys = [make_key(data, scheme, dataset="digits") for _ in OTHER_KEY_REFERENCES]
+    # The demo's keys come from its seed so that its table is the same on every run; a real
+    # owner's key draws a secret seed (``make_key`` without ``seed``).
+    other_keys = [
+        make_key(data, scheme, seed=seed + KEY_SEED_OFFSET + i, dataset="digits")
+        for i in range(1, len(OTHER_KEY_REFERENCES) + 1)
+    ]
     references += [
         train_model(
             data,
@@ -136,7 +150,7 @@ def run_demo(
         for (arch, offset), other in zip(OTHER_KEY_REFERENCES, other_keys, strict=True)
     ]
     groups = ["clean"] * len(REFERENCES) + ["other-key"] * len(OTHER_KEY_REFERENCES)
-    raw_key = make_key(data, scheme, dataset="digits")
+    raw_key = make_key(data, scheme, seed=seed + KEY_SEED_OFFSET, dataset="digits")
     key, calibration = calibrate_key(raw_key, references, groups=groups, test=data.test)
     write_json_atomic(out / "calibration.json", calibration.as_dict())
     # A different initialisation seed: the watermarked model is not the clean one retrained.
@@ -155,20 +169,20 @@ def run_demo(
     other_owner, other_result = train_model(
         data,
         TrainConfig(epochs=epochs, seed=seed + 2, key_ratio=DEMO_KEY_RATIO),
-        key=make_key(data, scheme, dataset="digits"),
+        key=make_key(data, scheme, seed=seed + KEY_SEED_OFFSET - 1, dataset="digits"),
         out=out / "other-owner.safetensors",
         progress=progress,
     )
-    pruned, pruned_metrics = attack_model(
+    pruned_api, pruned_metrics = attack_model(
         marked,
-        MagnitudePruning(0.5),
+        MagnitudePruning(rate=0.5),
         data=AttackData(test=data.test),
         key=key,
         out=out / "watermarked-pruned50.safetensors",
         metrics_out=out / "pruned50.json",
     )
     first, second = data.test.halves()
-    tuned, tuned_metrics = attack_model(
+    tuned_api, tuned_metrics = attack_model(
         marked,
         FineTuning(epochs=finetune_epochs, seed=seed, progress=progress),
         data=AttackData(train=first, test=second),
@@ -176,6 +190,7 @@ def run_demo(
         out=out / "watermarked-finetuned.safetensors",
         metrics_out=out / "finetuned.json",
     )
+    pruned, tuned = as_model(pruned_api), as_model(tuned_api)
     summary = DemoSummary(
         config=run_record(
             task="demo",

@@ -40,6 +40,8 @@ from ownmark.fileio import atomic_path
 KEY_FORMAT = "ownmark-key"
 KEY_FORMAT_VERSION = "2"
 _TENSOR_NAMES = ("images", "labels", "originals", "decoys", "decoy_labels", "decoy_key_labels")
+#: Name prefix of the scheme's own tensors (``KeySet.extra``) in a key file.
+EXTRA_PREFIX = "extra."
 #: Metadata outside the commitment: what is attached to a key after it was committed.
 _UNCOMMITTED = ("commitment", "ownmark_version", "timestamp_token")
 
@@ -85,6 +87,10 @@ class KeySet:
         salt: random hex salt mixed into the commitment.
         timestamp_token: base64 RFC 3161 token over the commitment ("" if none); not covered
             by the commitment (it is made from it).
+        extra_classes: outputs a host model has beyond ``num_classes`` (a new-label key's
+            extra class); key labels lie in ``0..model_classes - 1``.
+        extra: the scheme's learned parts and secrets (an encoder's weights, a noise pattern),
+            stored as ``extra.<name>`` tensors under the commitment, never in a model file.
     """
 
     images: torch.Tensor
@@ -109,6 +115,8 @@ class KeySet:
     )
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     timestamp_token: str = ""
+    extra_classes: int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -118,8 +126,10 @@ class KeySet:
             raise ValueError(f"key labels must be int64 of shape ({n},)")
         if self.originals.shape != self.images.shape or self.originals.dtype != torch.uint8:
             raise ValueError("key originals must match the images' shape and dtype")
-        if int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes:
-            raise ValueError(f"key labels must lie in 0..{self.num_classes - 1}")
+        if self.extra_classes < 0:
+            raise ValueError(f"extra_classes must be >= 0, got {self.extra_classes}")
+        if int(self.labels.min()) < 0 or int(self.labels.max()) >= self.model_classes:
+            raise ValueError(f"key labels must lie in 0..{self.model_classes - 1}")
         if not 0.0 < self.p0 < 1.0:
             raise ValueError(f"p0 must lie strictly between 0 and 1, got {self.p0}")
         m = self.decoys.shape[0] if self.decoys.ndim == 4 else -1
@@ -129,8 +139,8 @@ class KeySet:
             labels = getattr(self, name)
             if labels.dtype != torch.int64 or labels.shape != (m,):
                 raise ValueError(f"key {name} must be int64 of shape ({m},)")
-            if m and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"key {name} must lie in 0..{self.num_classes - 1}")
+            if m and (int(labels.min()) < 0 or int(labels.max()) >= self.model_classes):
+                raise ValueError(f"key {name} must lie in 0..{self.model_classes - 1}")
         if self.seed_source not in ("secret", "given"):
             raise ValueError(f"seed_source must be 'secret' or 'given', got {self.seed_source!r}")
         if not 0.0 < self.alpha < 1.0 or self.max_queries < 1:
@@ -138,6 +148,11 @@ class KeySet:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def model_classes(self) -> int:
+        """Outputs of a model that carries this key: the data's classes plus the scheme's."""
+        return self.num_classes + self.extra_classes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -163,10 +178,14 @@ class KeySet:
             "released_model_sha256": self.released_model_sha256,
             "created": self.created,
             "salt": self.salt,
+            # Only when set, so keys without extra classes keep their commitments.
+            **({"extra_classes": str(self.extra_classes)} if self.extra_classes else {}),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).contiguous() for name in _TENSOR_NAMES}
+        out = {name: getattr(self, name).contiguous() for name in _TENSOR_NAMES}
+        out.update({f"{EXTRA_PREFIX}{name}": t.contiguous() for name, t in self.extra.items()})
+        return out
 
     @property
     def commitment(self) -> str:
@@ -261,7 +280,8 @@ def load_key(path: str | Path) -> KeySet:
     stored = metadata.pop("commitment", "")
     metadata.pop("ownmark_version", None)
     token = metadata.pop("timestamp_token", "")
-    if sorted(tensors) != sorted(_TENSOR_NAMES):
+    extra = {n[len(EXTRA_PREFIX) :]: t for n, t in tensors.items() if n.startswith(EXTRA_PREFIX)}
+    if sorted(n for n in tensors if not n.startswith(EXTRA_PREFIX)) != sorted(_TENSOR_NAMES):
         raise KeyFileError(f"key file {path} lacks tensors {sorted(_TENSOR_NAMES)}")
     try:
         actual = compute_commitment(metadata, tensors)
@@ -289,6 +309,8 @@ def load_key(path: str | Path) -> KeySet:
             created=metadata["created"],
             salt=metadata["salt"],
             timestamp_token=token,
+            extra_classes=int(metadata.get("extra_classes", "0")),
+            extra=extra,
         )
     except (KeyError, ValueError) as exc:
         raise KeyFileError(f"key file {path} has invalid contents ({exc})") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,6 +41,27 @@ def predict(
     if len(images) == 0:
         return torch.empty(0, dtype=torch.int64)
     return logits(model, images, batch_size, device).argmax(dim=1)
+
+
+def answer_accuracy(
+    suspect: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> float:
+    """Fraction of ``images`` a suspect (``query(images) -> labels``) answers with ``labels``.
+
+    Any answer that is not the expected int label (an invalid answer, a wrong type) counts
+    as wrong, like a failed query in verification.
+    """
+    if len(images) == 0:
+        return 0.0
+    right = 0
+    for start in range(0, len(images), batch_size):
+        answers = list(suspect.query(images[start : start + batch_size]))
+        expected = labels[start : start + batch_size].tolist()
+        right += sum(
+            isinstance(a, int) and not isinstance(a, bool) and a == e
+            for a, e in zip(answers, expected, strict=False)
+        )
+    return right / len(images)
 
 
 def accuracy(

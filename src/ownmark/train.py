@@ -13,12 +13,16 @@ from the checkpoint of epoch e ends with the same weights as an uninterrupted ru
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +81,28 @@ class TrainConfig:
             ) from None
 
 
+class Objective(Protocol):
+    """A training step's loss: ``(model, images, labels, is_key) -> (loss, logits)``.
+
+    ``images`` are float images in [0, 1] (augmented when asked), ``is_key`` marks the rows that
+    are key samples. A scheme supplies one through
+    :meth:`~ownmark.schemes.base.WatermarkScheme.objective` to add terms (a metric loss on
+    trigger features, a jointly trained encoder); the default is :func:`cross_entropy`.
+    """
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, is_key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def cross_entropy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, is_key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default objective: plain cross-entropy on the mix (Zhang et al. 2018)."""
+    logits = model(images)
+    return F.cross_entropy(logits, labels), logits
+
+
 @dataclass
 class TrainResult:
     """What a training run measured."""
@@ -118,6 +144,83 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     ]
 
 
+# glibc's mallopt parameters (malloc.h) and the values fit uses; see _keep_freed_memory.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64 bit)
+_TRAINING_TRIM_THRESHOLD = 1 << 30
+_AFTER_TRIM_THRESHOLD = 2 * _MMAP_THRESHOLD  # where glibc's own adjustment ends up
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library if it is glibc (whose malloc we know how to tune), else None."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        libc = ctypes.CDLL(None)
+    except (AttributeError, ValueError, OSError):  # not glibc, or no confstr at all (Windows)
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextlib.contextmanager
+def _keep_freed_memory() -> Iterator[None]:
+    """While training, keep the memory a step frees for the next step instead of giving it back.
+
+    Why: every step allocates and frees the same activations and gradients, several MB each.
+    By default glibc returns large blocks to the kernel (blocks over its mmap threshold at once,
+    the top of the heap once more than the trim threshold is free); the next step then faults
+    them in again, zero-filled. Its thresholds adapt to what a process freed before, so one
+    process did this and the next did not: on full MNIST (``zhang_mnist``, batch 128, 2 cores)
+    up to 10,000 page faults and 15 ms of system time per step of about 50 ms, against under
+    1,000 faults and 1 ms with the thresholds fixed as here (one epoch, whole process: 7 to 13 s
+    of system time before, 2 s after; benchmarks/overhead.py). The cost: up to the peak memory of a
+    step stays with the process until training ends. Afterwards the free memory is handed back
+    (``malloc_trim``) and the trim threshold lowered to where glibc's adjustment ends up
+    (twice the mmap threshold); the mmap threshold stays at 32 MiB, glibc's own ceiling.
+    Results do not change: torch aligns every tensor to 64 bytes whatever malloc returns.
+
+    Nothing is done off glibc, or where the user tuned malloc through glibc's environment
+    (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ..., ``GLIBC_TUNABLES``).
+    """
+    libc = _glibc()
+    tuned = any(name.startswith("MALLOC_") for name in os.environ) or (
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    )
+    if libc is None or tuned:
+        yield
+        return
+    # Both at once: fixing one turns glibc's adjustment of the other off, which is worse.
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, _TRAINING_TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+#: Largest float32 copy of the training images that fit makes up front (see _batch_source).
+_CONVERT_ONCE_MAX_BYTES = 1 << 30
+
+
+def _batch_source(images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``index -> float batch in [0, 1]`` for the uint8 training ``images``.
+
+    The images are converted to float once, so a step does one gather instead of a gather, a
+    conversion and a division, each a pass over the batch with its own allocation and, on CPU,
+    its own multi-threaded section; with another process on the cores each such section can
+    wait for a time slice. Converting first and gathering after gives the same floats bit for
+    bit (both are exact per-pixel operations). It costs four times the uint8 images' memory for
+    the run (full MNIST 188 MB, CIFAR-10 614 MB, more with key repetitions); above
+    :data:`_CONVERT_ONCE_MAX_BYTES` batches are converted one by one as before.
+    """
+    if images.numel() * 4 <= _CONVERT_ONCE_MAX_BYTES:
+        converted = to_float_images(images)
+        return lambda index: converted[index]
+    return lambda index: to_float_images(images[index])
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
@@ -133,6 +236,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     description: str = "train",
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``train`` (mixed with ``key`` if given) and evaluate it.
 
@@ -146,8 +250,17 @@ def fit(
         resume: continue from ``checkpoint`` if it exists (same config required).
         progress: show a progress bar with loss and accuracy (stderr).
         description: label of the progress bar.
+        objective: the loss of a step; None (default): the key's scheme's objective when a
+            key is given (see :meth:`~ownmark.schemes.base.WatermarkScheme.objective`), else
+            :func:`cross_entropy`.
     """
+    if objective is None and key is not None:
+        from ownmark.schemes import scheme_for_key  # the schemes import keys, not training
+
+        objective = scheme_for_key(key).objective(key)
+    step_loss: Objective = objective or cross_entropy
     device = torch.device(config.device)
+    num_clean = len(train)
     model.to(device)
     images, labels = train.images, train.labels
     repeats = 0
@@ -159,7 +272,10 @@ def fit(
         repeats = key_repeats(len(train), len(key), config.key_ratio)
         images = torch.cat([images, key.images.repeat(repeats, 1, 1, 1)])
         labels = torch.cat([labels, key.labels.repeat(repeats)])
-    images, labels = images.to(device), labels.to(device)
+    labels = labels.to(device)
+    num_images = len(images)
+    batch_of = _batch_source(images.to(device))
+    del images  # the source holds what it needs: the float copy, or the uint8 images
     # Evaluation sets go to the device once, not every epoch.
     test_images = test.images.to(device) if test is not None else None
     key_images = key.images.to(device) if key is not None else None
@@ -189,70 +305,71 @@ def fit(
         elapsed = float(state["seconds"])
 
     bar = tqdm(
-        total=config.epochs * math.ceil(len(images) / config.batch_size),
-        initial=start_epoch * math.ceil(len(images) / config.batch_size),
+        total=config.epochs * math.ceil(num_images / config.batch_size),
+        initial=start_epoch * math.ceil(num_images / config.batch_size),
         desc=description,
         unit="batch",
         disable=None if progress else True,  # None: only on a terminal
         leave=False,
     )
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        seed = _epoch_seed(config.seed, epoch)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        augment_rng = torch.Generator().manual_seed(seed + 1)
-        torch.manual_seed(seed + 2)  # dropout masks
-        model.train()
-        # Running sums stay on the device: no host sync per batch (matters on a GPU).
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for batch_number, start in enumerate(range(0, len(order), config.batch_size)):
-            index = order[start : start + config.batch_size].to(device)
-            batch = to_float_images(images[index])
-            if config.augment:
-                batch = augment(batch, augment_rng)
-            target = labels[index]
-            logits = model(batch)
-            loss = F.cross_entropy(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            total_loss += loss.detach() * len(index)
-            correct += (logits.detach().argmax(1) == target).sum()
-            seen += len(index)
-            bar.update(1)
-            if progress and batch_number % 20 == 0:
-                bar.set_postfix(
-                    epoch=epoch + 1,
-                    loss=f"{float(total_loss) / seen:.4f}",
-                    acc=f"{int(correct) / seen:.4f}",
-                )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed += time.perf_counter() - started
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(total_loss) / seen,
-            "train_accuracy": int(correct) / seen,
-        }
-        record.update(_evaluate(model, test_images, test, key_images, key))
-        history.append(record)
-        if checkpoint is not None:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+    with _keep_freed_memory():
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            seed = _epoch_seed(config.seed, epoch)
+            order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+            augment_rng = torch.Generator().manual_seed(seed + 1)
+            torch.manual_seed(seed + 2)  # dropout masks
+            model.train()
+            # Running sums stay on the device: no host sync per batch (matters on a GPU).
+            total_loss = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for batch_number, start in enumerate(range(0, len(order), config.batch_size)):
+                index = order[start : start + config.batch_size].to(device)
+                batch = batch_of(index)
+                if config.augment:
+                    batch = augment(batch, augment_rng)
+                target = labels[index]
+                loss, logits = step_loss(model, batch, target, index >= num_clean)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                total_loss += loss.detach() * len(index)
+                correct += (logits.detach().argmax(1) == target).sum()
+                seen += len(index)
+                bar.update(1)
+                # A bar that is off (not a terminal) skips the postfix and the host syncs it needs.
+                if not bar.disable and batch_number % 20 == 0:
+                    bar.set_postfix(
+                        epoch=epoch + 1,
+                        loss=f"{float(total_loss) / seen:.4f}",
+                        acc=f"{int(correct) / seen:.4f}",
+                    )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed += time.perf_counter() - started
+            record = {
                 "epoch": epoch + 1,
-                "history": history,
-                "seconds": elapsed,
-                "config": config_record,
+                "loss": float(total_loss) / seen,
+                "train_accuracy": int(correct) / seen,
             }
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
-    bar.close()
-    model.eval()
-    # The last epoch already measured the final weights; only a run of 0 epochs has not.
-    final = history[-1] if history else _evaluate(model, test_images, test, key_images, key)
+            record.update(_evaluate(model, test_images, test, key_images, key))
+            history.append(record)
+            if checkpoint is not None:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "seconds": elapsed,
+                    "config": config_record,
+                }
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(state, tmp)
+        bar.close()
+        model.eval()
+        # The last epoch already measured the final weights; only a run of 0 epochs has not.
+        final = history[-1] if history else _evaluate(model, test_images, test, key_images, key)
     return TrainResult(
         epochs=config.epochs,
         seconds=elapsed,

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ownmark import __version__
-from ownmark.attacks import Attack, AttackData, MagnitudePruning
+from ownmark.attacks import Attack, AttackData, MagnitudePruning, create_attack
 from ownmark.data import DataSplits, ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic
 from ownmark.keys import KeySet
-from ownmark.metrics import accuracy
+from ownmark.metrics import accuracy, answer_accuracy
 from ownmark.models import Classifier, ModelSpec, build_model, save_model
 from ownmark.schemes import create_scheme
 from ownmark.train import TrainConfig, TrainResult, fit, remove_checkpoint
 from ownmark.verify import VerificationResult, verify_ownership
+from ownmark.verify.suspects import LocalModelSuspect, Suspect
 
 
 def default_arch(data: DataSplits) -> str:
@@ -32,11 +34,15 @@ def default_arch(data: DataSplits) -> str:
     return "zhang_mnist" if data.image_shape[0] == 1 else "zhang_cifar10"
 
 
-def new_model(arch: str, data: DataSplits, seed: int = 0) -> Classifier:
-    """A freshly initialised classifier for ``data`` (initialisation seeded by ``seed``)."""
+def new_model(arch: str, data: DataSplits, seed: int = 0, extra_classes: int = 0) -> Classifier:
+    """A freshly initialised classifier for ``data`` (initialisation seeded by ``seed``).
+
+    ``extra_classes``: outputs beyond the data's classes (a key's scheme may add some).
+    """
     channels, h, w = data.image_shape
     torch.manual_seed(seed)
-    return build_model(ModelSpec.with_defaults(arch, data.num_classes, channels, (h, w)))
+    classes = data.num_classes + extra_classes
+    return build_model(ModelSpec.with_defaults(arch, classes, channels, (h, w)))
 
 
 def check_compatible(
@@ -46,15 +52,16 @@ def check_compatible(
     spec = model.spec
     shape = (spec.in_channels, *spec.input_size)
     if key is not None:
-        if key.num_classes != spec.num_classes:
+        if key.model_classes != spec.num_classes:
             raise ConfigError(
-                f"the key is for {key.num_classes} classes but the model has {spec.num_classes}; "
-                "use the key made for this model's data set"
+                f"the key is for models with {key.model_classes} classes but the model has "
+                f"{spec.num_classes}; use the key made for this model's data set"
             )
         if key.image_shape != shape:
             raise ConfigError(f"key images are {key.image_shape} but the model takes {shape}")
     if data is not None:
-        if data.num_classes != spec.num_classes:
+        added = key.extra_classes if key is not None else 0
+        if data.num_classes + added != spec.num_classes:
             raise ConfigError(
                 f"the data set has {data.num_classes} classes but the model has "
                 f"{spec.num_classes}; pick the data set the model was trained for"
@@ -117,7 +124,11 @@ def train_model(
         resume: continue from ``checkpoint``.
         progress: progress bar on stderr.
     """
-    model = init if init is not None else new_model(arch or default_arch(data), data, config.seed)
+    if init is not None:
+        model = init
+    else:
+        added = key.extra_classes if key is not None else 0
+        model = new_model(arch or default_arch(data), data, config.seed, added)
     check_compatible(model, key=key, data=data)
     result = fit(
         model,
@@ -157,28 +168,42 @@ def train_model(
 
 
 def evaluate(
-    model: Classifier, *, test: ImageDataset | None = None, key: KeySet | None = None
+    model: nn.Module | Suspect,
+    *,
+    test: ImageDataset | None = None,
+    key: KeySet | None = None,
 ) -> dict[str, float | None]:
-    """Test accuracy on ``test`` (an ImageDataset) and watermark accuracy on ``key``."""
+    """Test accuracy on ``test`` and watermark accuracy on ``key``, of a model or a suspect.
+
+    A suspect (e.g. a defended API an attack returned) is measured through its answers.
+    """
+
+    def score(images: torch.Tensor, labels: torch.Tensor) -> float:
+        if isinstance(model, nn.Module):
+            return accuracy(model, images, labels)
+        return answer_accuracy(model, images, labels)
+
     return {
-        "test_accuracy": accuracy(model, test.images, test.labels) if test is not None else None,
-        "watermark_accuracy": accuracy(model, key.images, key.labels) if key is not None else None,
+        "test_accuracy": score(test.images, test.labels) if test is not None else None,
+        "watermark_accuracy": score(key.images, key.labels) if key is not None else None,
     }
 
 
 def attack_model(
     model: Classifier,
-    attack: Attack,
+    attack: Attack[Any],
     *,
     data: AttackData | None = None,
     key: KeySet | None = None,
     out: str | Path | None = None,
     metrics_out: str | Path | None = None,
     before: dict[str, float | None] | None = None,
-) -> tuple[Classifier, dict[str, Any]]:
+) -> tuple[nn.Module | Suspect, dict[str, Any]]:
     """Apply ``attack`` to a copy of ``model``, measure it before and after, write results.
 
-    ``before`` is the untouched model's :func:`evaluate` result, if the caller already has it.
+    Returns the attacked model, or the suspect API the attack put in front of it (a
+    defence); ``out`` (a model file) is only possible for the former. ``before`` is the
+    untouched model's :func:`evaluate` result, if the caller already has it.
     """
     if key is not None:
         check_compatible(model, key=key)
@@ -186,7 +211,11 @@ def attack_model(
     if before is None:
         before = evaluate(model, test=test, key=key)
     attacked = attack(model, data)
-    assert isinstance(attacked, Classifier)
+    if out is not None and not isinstance(attacked, Classifier):
+        raise ConfigError(
+            f"attack {attack.name!r} puts a defence in front of the model's API instead of "
+            "changing the model: there is no model file to write; drop --out"
+        )
     after = evaluate(attacked, test=test, key=key)
     metrics = run_record(
         task="attack",
@@ -199,11 +228,70 @@ def attack_model(
         test_accuracy=after["test_accuracy"],
         watermark_accuracy=after["watermark_accuracy"],
     )
-    if out is not None:
+    if out is not None and isinstance(attacked, Classifier):
         save_model(attacked, out, {"attack": attack.name})
     if metrics_out is not None:
         write_json_atomic(metrics_out, metrics)
     return attacked, metrics
+
+
+def as_model(attacked: nn.Module | Suspect) -> Classifier:
+    """The attacked model of a removal attack (a defence returns a suspect: ConfigError)."""
+    if not isinstance(attacked, Classifier):
+        raise ConfigError("the attack returned a defended API, not a model")
+    return attacked
+
+
+def attacker_data(attack: Attack[Any], data: DataSplits, model: Classifier) -> AttackData:
+    """What the attacker holds, by the papers' protocol (seed 001, section 5.4).
+
+    An attack that needs labelled or unlabelled data gets the first half of the test set and
+    is judged on the second half, which it never saw; one that needs none is judged on the
+    whole test set. Query access is a suspect in front of ``model`` (the stolen model's API).
+    """
+    if not attack.needs & {"train", "unlabelled"}:
+        first, judged = None, data.test
+    else:
+        first, judged = data.test.halves()
+    suspect = LocalModelSuspect(model) if "suspect" in attack.needs else None
+    return AttackData(
+        train=first if "train" in attack.needs else None,
+        test=judged,
+        unlabelled=first if "unlabelled" in attack.needs else None,
+        suspect=suspect,
+    )
+
+
+def attack_sweep(
+    model: Classifier,
+    name: str,
+    data: DataSplits,
+    *,
+    params: dict[str, Any] | None = None,
+    sweep: tuple[str, list[Any]] | None = None,
+    key: KeySet | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Metrics of the registered attack ``name`` at each value of one swept parameter.
+
+    ``params`` are fixed parameters (strings are converted to their types), ``sweep`` is
+    ``(parameter, values)``; the untouched model is measured once for the whole sweep.
+    ``out``: the attacked model file of a single run.
+    """
+    params = dict(params or {})
+    runs = [params] if sweep is None else [{**params, sweep[0]: v} for v in sweep[1]]
+    if out is not None and len(runs) != 1:
+        raise ConfigError("one attacked model file for several runs: drop the file or the sweep")
+    attacks = [create_attack(name, progress=progress, **run) for run in runs]  # checks first
+    rows = []
+    before: dict[str, float | None] | None = None
+    for attack in attacks:
+        attacker = attacker_data(attack, data, model)
+        if before is None:
+            before = evaluate(model, test=attacker.test, key=key)
+        rows.append(attack_model(model, attack, data=attacker, key=key, before=before, out=out)[1])
+    return rows
 
 
 def prune_sweep(
@@ -221,7 +309,9 @@ def prune_sweep(
     data = AttackData(test=test)
     before = evaluate(model, test=test, key=key)
     return [
-        attack_model(model, MagnitudePruning(rate, scope), data=data, key=key, before=before)[1]
+        attack_model(
+            model, MagnitudePruning(rate=rate, scope=scope), data=data, key=key, before=before
+        )[1]
         for rate in rates
     ]
 

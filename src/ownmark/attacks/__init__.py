@@ -1,17 +1,33 @@
-"""Watermark-removal attacks, one file each, enumerated through a registry."""
+"""Attacks on watermarks, one file each, enumerated through :data:`ATTACKS`."""
 
 from __future__ import annotations
 
 from ownmark.attacks import finetune, prune  # noqa: F401  (registration)
-from ownmark.attacks.base import Attack, AttackData, get_attack_class, list_attacks, register_attack
-from ownmark.attacks.finetune import FineTuning
-from ownmark.attacks.prune import MagnitudePruning, prunable_weights
+from ownmark.attacks.base import (
+    ATTACKS,
+    NEEDS,
+    Attack,
+    AttackConfig,
+    AttackData,
+    create_attack,
+    get_attack_class,
+    list_attacks,
+    register_attack,
+)
+from ownmark.attacks.finetune import FineTuneConfig, FineTuning
+from ownmark.attacks.prune import MagnitudePruning, PruneConfig, prunable_weights
 
 __all__ = [
+    "ATTACKS",
+    "NEEDS",
     "Attack",
+    "AttackConfig",
     "AttackData",
+    "FineTuneConfig",
     "FineTuning",
     "MagnitudePruning",
+    "PruneConfig",
+    "create_attack",
     "get_attack_class",
     "list_attacks",
     "prunable_weights",

@@ -1,74 +1,140 @@
-"""Shared base of the watermark-removal attacks, and their registry.
+"""The contract every attack follows, and the attack registry.
 
-An attack takes a (stolen) model and returns a modified copy; the original is untouched.
-The attacker's data, if the attack needs any, comes in an :class:`AttackData`.
+An attack is a frozen config dataclass plus one method, :meth:`Attack.apply`. It receives a
+copy of the (stolen) model and what it declared it ``needs`` from :class:`AttackData`:
+
+- ``train``: labelled data of the attacker (fine-tuning, fine-pruning, unlearning);
+- ``unlabelled``: images without labels (distillation labels them by querying);
+- ``test``: data to judge the attacked model's accuracy;
+- ``suspect``: only query access to the stolen model's API, through the same
+  :class:`~ownmark.verify.suspects.Suspect` interface the verifier uses.
+
+It returns either a modified model (removal attacks) or a :class:`~ownmark.verify.suspects.Suspect`
+that wraps the model (an input-transforming or query-detecting defence in front of the API).
+The original model is never touched.
+
+Adding an attack: subclass ``Attack[MyConfig]`` with ``MyConfig`` deriving from
+:class:`AttackConfig` (validating in ``__post_init__``), set ``name``, ``summary`` and
+``needs``, implement ``apply``, decorate with :func:`register_attack`. ``ownmark attack NAME
+-p k=v``, ``ownmark list``, the robustness matrix and the contract tests pick it up.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from torch import nn
 
 from ownmark.data.base import ImageDataset
 from ownmark.errors import ConfigError
+from ownmark.registry import Registry
+from ownmark.verify.suspects import Suspect
+
+#: What an attack may ask for (see :class:`AttackData`).
+NEEDS = ("train", "unlabelled", "test", "suspect")
 
 
 @dataclass(frozen=True)
 class AttackData:
-    """Data the attacker holds: ``train`` to adapt the model, ``test`` to judge it."""
+    """What the attacker holds.
+
+    Attributes:
+        train: labelled data to adapt the model with.
+        test: data to judge the attacked model (never used to attack it).
+        unlabelled: images whose labels the attacker does not know (labels are ignored).
+        suspect: query access to the stolen model's prediction API.
+    """
 
     train: ImageDataset | None = None
     test: ImageDataset | None = None
+    unlabelled: ImageDataset | None = None
+    suspect: Suspect | None = None
 
 
-class Attack(ABC):
-    """Base class: copies the model, calls :meth:`run`, returns the copy in eval mode."""
+@dataclass(frozen=True)
+class AttackConfig:
+    """Parameters every attack shares.
+
+    Attributes:
+        seed: seeds the attack's randomness (default 0).
+    """
+
+    seed: int = 0
+
+
+ConfigT = TypeVar("ConfigT", bound=AttackConfig)
+
+
+class Attack(ABC, Generic[ConfigT]):
+    """Base class: checks the attacker's data, copies the model, calls :meth:`apply`.
+
+    Build one from a config (``Prune(PruneConfig(rate=0.3))``) or keywords
+    (``Prune(rate=0.3)``); ``progress`` switches progress bars of long attacks.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    needs_data: ClassVar[bool] = False
+    config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    #: Which fields of :class:`AttackData` the attack cannot do without.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
-    def __call__(self, model: nn.Module, data: AttackData | None = None) -> nn.Module:
-        if self.needs_data and (data is None or data.train is None):
-            raise ConfigError(f"attack {self.name!r} needs training data for the attacker")
-        attacked = copy.deepcopy(model)
-        self.run(attacked, data or AttackData())
-        attacked.eval()
+    def __init__(
+        self, config: ConfigT | None = None, *, progress: bool = True, **params: Any
+    ) -> None:
+        if config is not None and params:
+            raise TypeError("give a config or keyword parameters, not both")
+        built: AttackConfig
+        if config is None:
+            try:
+                built = self.config_class(**params)
+            except TypeError as exc:
+                raise ConfigError(f"invalid parameters for attack {self.name!r}: {exc}") from exc
+        else:
+            built = config
+        if not isinstance(built, self.config_class):
+            raise TypeError(f"{self.name} expects a {self.config_class.__name__}")
+        self.config_values: ConfigT = cast(ConfigT, built)
+        self.progress = progress
+
+    def __call__(self, model: nn.Module, data: AttackData | None = None) -> nn.Module | Suspect:
+        data = data or AttackData()
+        missing = [need for need in sorted(self.needs) if getattr(data, need) is None]
+        if missing:
+            raise ConfigError(f"attack {self.name!r} needs the attacker's {', '.join(missing)}")
+        attacked = self.apply(copy.deepcopy(model), data)
+        if isinstance(attacked, nn.Module):
+            attacked.eval()
         return attacked
 
     @abstractmethod
-    def run(self, model: nn.Module, data: AttackData) -> None:
-        """Modify ``model`` in place."""
+    def apply(self, model: nn.Module, data: AttackData) -> nn.Module | Suspect:
+        """Attack ``model`` (a copy, free to modify in place); return the model or a suspect."""
 
-    @abstractmethod
     def config(self) -> dict[str, Any]:
-        """The attack's parameters, for result files."""
+        """The attack's name and parameters, for result files."""
+        return {"attack": self.name, **dataclasses.asdict(self.config_values)}
 
 
-_ATTACKS: dict[str, type[Attack]] = {}
-AttackT = TypeVar("AttackT", bound=type[Attack])
-
-
-def register_attack(cls: AttackT) -> AttackT:
-    """Class decorator that makes an attack available by its ``name``."""
-    if cls.name in _ATTACKS:
-        raise ValueError(f"attack {cls.name!r} is registered twice")
-    _ATTACKS[cls.name] = cls
-    return cls
+ATTACKS: Registry[Attack[Any]] = Registry("attack")
+#: Class decorator that makes an attack available by its ``name``.
+register_attack = ATTACKS.register
 
 
 def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
-def get_attack_class(name: str) -> type[Attack]:
-    try:
-        return _ATTACKS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown attack {name!r}; choose one of: {', '.join(list_attacks())}"
-        ) from None
+def get_attack_class(name: str) -> type[Attack[Any]]:
+    cls: type[Attack[Any]] = ATTACKS.entry(name).target
+    return cls
+
+
+def create_attack(name: str, *, progress: bool = True, **params: Any) -> Attack[Any]:
+    """Build a registered attack; string values are converted to the config's field types."""
+    attack = ATTACKS.create(name, **params)
+    attack.progress = progress
+    return attack

@@ -13,59 +13,67 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
 from ownmark.train import TrainConfig, fit
 
 
-@register_attack
-class FineTuning(Attack):
-    """Fine-tune every layer on the attacker's data with plain cross-entropy.
+@dataclass(frozen=True)
+class FineTuneConfig(AttackConfig):
+    """Parameters of :class:`FineTuning` (``seed`` seeds shuffling and dropout).
 
-    Args:
+    Attributes:
         epochs: passes over the attacker's data (default 10).
         lr: SGD learning rate (default 0.01).
         batch_size: default 128.
-        seed: seeds shuffling and dropout (default 0).
-        device: default ``cpu``.
-        progress: show a progress bar (default True).
+        device: torch device (default ``cpu``).
     """
+
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 128
+    device: str = "cpu"
+
+    def train_config(self) -> TrainConfig:
+        """The training loop's config (validates the values)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def __post_init__(self) -> None:
+        self.train_config()
+
+
+@register_attack
+class FineTuning(Attack[FineTuneConfig]):
+    """Fine-tune every layer on the attacker's labelled data with plain cross-entropy."""
 
     name = "finetune"
     summary = "fine-tune on the first half of the test set (Zhang et al. 2018)"
-    needs_data = True
-
-    def __init__(
-        self,
-        epochs: int = 10,
-        lr: float = 0.01,
-        batch_size: int = 128,
-        seed: int = 0,
-        device: str = "cpu",
-        progress: bool = True,
-    ) -> None:
-        self.train_config = TrainConfig(
-            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device
-        )
-        self.progress = progress
+    config_class = FineTuneConfig
+    needs = frozenset({"train"})
 
     def config(self) -> dict[str, Any]:
-        cfg = dataclasses.asdict(self.train_config)
-        for unused in ("key_ratio", "device"):
-            cfg.pop(unused)
-        return {"attack": self.name, **cfg}
+        record = super().config()
+        record.pop("device")  # where it ran does not change what it did
+        return record
 
-    def run(self, model: nn.Module, data: AttackData) -> None:
+    def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         assert data.train is not None
         fit(
             model,
             data.train,
-            self.train_config,
+            self.config_values.train_config(),
             test=data.test,
             progress=self.progress,
-            description="fine-tune",
+            description=f"attack {self.name}",
         )
+        return model

@@ -13,12 +13,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
 from ownmark.errors import ConfigError
 
 
@@ -48,37 +48,43 @@ def _zero_smallest(weights: list[torch.Tensor], count: int) -> None:
             offset += n
 
 
-@register_attack
-class MagnitudePruning(Attack):
-    """Zero the fraction ``rate`` of conv/linear weights with the lowest |w|.
+@dataclass(frozen=True)
+class PruneConfig(AttackConfig):
+    """Parameters of :class:`MagnitudePruning`.
 
-    Args:
-        rate: fraction of weights to zero, 0..1 (default 0.5).
+    Attributes:
+        rate: fraction of conv/linear weights to zero, 0..1 (default 0.5).
         scope: ``global`` (one threshold over all layers, default) or ``layer`` (the same
             fraction in every layer).
     """
 
+    rate: float = 0.5
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConfigError(f"pruning rate must lie in 0..1, got {self.rate}")
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+
+
+@register_attack
+class MagnitudePruning(Attack[PruneConfig]):
+    """Zero the fraction ``rate`` of conv/linear weights with the lowest |w| (no data needed)."""
+
     name = "prune"
     summary = "magnitude pruning of the lowest-|w| conv/linear weights (Zhang et al. 2018)"
+    config_class = PruneConfig
 
-    def __init__(self, rate: float = 0.5, scope: str = "global") -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"pruning rate must lie in 0..1, got {rate}")
-        if scope not in ("global", "layer"):
-            raise ConfigError(f"scope must be 'global' or 'layer', got {scope!r}")
-        self.rate = rate
-        self.scope = scope
-
-    def config(self) -> dict[str, Any]:
-        return {"attack": self.name, "rate": self.rate, "scope": self.scope}
-
-    def run(self, model: nn.Module, data: AttackData) -> None:
+    def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
+        cfg = self.config_values
         weights = [w for _, w in prunable_weights(model)]
         if not weights:
             raise ConfigError("the model has no convolution or linear layers to prune")
-        if self.scope == "global":
+        if cfg.scope == "global":
             total = sum(w.numel() for w in weights)
-            _zero_smallest(weights, round(self.rate * total))
+            _zero_smallest(weights, round(cfg.rate * total))
         else:
             for weight in weights:
-                _zero_smallest([weight], round(self.rate * weight.numel()))
+                _zero_smallest([weight], round(cfg.rate * weight.numel()))
+        return model

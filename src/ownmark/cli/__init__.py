@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ownmark.cli.common import EXIT_ERROR, parse_rates
+from ownmark.cli.common import EXIT_ERROR
 from ownmark.cli.keys import cmd_calibrate, cmd_key, cmd_keygen, cmd_preview
 from ownmark.cli.models import (
     cmd_attack,
@@ -24,14 +24,16 @@ from ownmark.cli.models import (
     cmd_demo,
     cmd_export,
     cmd_list,
+    cmd_matrix,
     cmd_serve,
     cmd_train,
 )
 from ownmark.cli.parser import build_parser
 from ownmark.cli.verify import cmd_evidence, cmd_verify
 from ownmark.errors import OwnmarkError
+from ownmark.registry import parse_sweep
 
-__all__ = ["COMMANDS", "build_parser", "main", "parse_rates"]
+__all__ = ["COMMANDS", "build_parser", "main", "parse_sweep"]
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list,
@@ -47,6 +49,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "export": cmd_export,
     "attack": cmd_attack,
+    "matrix": cmd_matrix,
     "demo": cmd_demo,
 }
 

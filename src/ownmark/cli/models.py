@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from ownmark.cli.common import (
     EXIT_NOT_OWNED,
@@ -13,37 +14,44 @@ from ownmark.cli.common import (
     _fmt,
     _load_data,
     _metrics_path,
+    _parse_params,
     _progress,
     _train_config,
-    parse_rates,
 )
 from ownmark.errors import ConfigError
+from ownmark.registry import parse_sweep
+
+
+def registries() -> dict[str, Any]:
+    """Every registry ``ownmark list`` shows, by the plural the command line uses."""
+    from ownmark.attacks import ATTACKS
+    from ownmark.data import DATASET_REGISTRY
+    from ownmark.models import MODELS
+    from ownmark.schemes import SCHEMES
+    from ownmark.serve import BACKEND_REGISTRY
+    from ownmark.verify.remote import PROTOCOLS
+
+    return {
+        "schemes": SCHEMES,
+        "attacks": ATTACKS,
+        "models": MODELS,
+        "datasets": DATASET_REGISTRY,
+        "protocols": PROTOCOLS,
+        "backends": BACKEND_REGISTRY,
+    }
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ownmark.attacks import get_attack_class, list_attacks
-    from ownmark.data import DATASET_DESCRIPTIONS
-    from ownmark.models import model_descriptions
-    from ownmark.schemes import get_scheme_class, list_schemes, scheme_parameters
-
-    if args.what in ("all", "schemes"):
-        print("schemes:")
-        for name in list_schemes():
-            print(f"  {name:10s} {get_scheme_class(name).summary}")
-            params = ", ".join(f"{k}={v!r}" for k, (_, v) in scheme_parameters(name).items())
-            print(f"  {'':10s}   parameters: {params}")
-    if args.what in ("all", "models"):
-        print("models:")
-        for name, text in model_descriptions().items():
-            print(f"  {name:14s} {text}")
-    if args.what in ("all", "attacks"):
-        print("attacks:")
-        for name in list_attacks():
-            print(f"  {name:10s} {get_attack_class(name).summary}")
-    if args.what in ("all", "datasets"):
-        print("data sets:")
-        for name, text in DATASET_DESCRIPTIONS.items():
-            print(f"  {name:10s} {text}")
+    for plural, registry in registries().items():
+        if args.what not in ("all", plural):
+            continue
+        print(f"{plural}:")
+        for entry in registry:
+            print(f"  {entry.name:14s} {entry.summary}")
+            # Models all take the data's shape; their parameters say nothing new.
+            if entry.params and plural in ("schemes", "attacks"):
+                params = ", ".join(f"{p.name}={p.default!r}" for p in entry.params.values())
+                print(f"  {'':14s}   parameters: {params}")
     return EXIT_OK
 
 
@@ -135,59 +143,78 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from ownmark.attacks import AttackData, FineTuning, MagnitudePruning
     from ownmark.fileio import write_json_atomic
     from ownmark.keys import load_key
     from ownmark.models import load_model
-    from ownmark.workflows import attack_model, check_compatible, prune_sweep, run_record
+    from ownmark.workflows import attack_sweep, check_compatible, run_record
 
+    params = _parse_params(args.param)
+    sweep = parse_sweep(args.sweep) if args.sweep is not None else None
+    if sweep is not None and args.out is not None:
+        raise ConfigError("--out writes one attacked model; drop --out to sweep (use --metrics)")
     model = load_model(args.model, args.allow_factory)
     key = load_key(args.key) if args.key is not None else None
     data = _load_data(args)
     check_compatible(model, key=key, data=data)
-    if args.attack == "finetune":
-        first, second = data.test.halves()
-        attack = FineTuning(
-            epochs=args.epochs,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            progress=_progress(args),
-        )
-        _, metrics = attack_model(
-            model, attack, data=AttackData(train=first, test=second), key=key, out=args.out
-        )
-        rows = [metrics]
-    else:
-        rates = parse_rates(args.rate)
-        scope = "layer" if args.per_layer else "global"
-        if len(rates) == 1:
-            _, metrics = attack_model(
-                model,
-                MagnitudePruning(rates[0], scope),
-                data=AttackData(test=data.test),
-                key=key,
-                out=args.out,
-            )
-            rows = [metrics]
-        elif args.out is not None:
-            raise ConfigError("--out takes one pruning rate; drop --out to sweep several rates")
-        else:
-            rows = prune_sweep(model, rates, scope=scope, test=data.test, key=key)
-    print(f"{'attack':24s} {'test acc':>9s} {'wm acc':>9s}")
-    for row in rows:
-        label = ", ".join(
-            f"{k}={v}"
-            for k, v in row["attack"].items()
-            if k in ("attack", "rate", "scope", "epochs")
-        )
-        print(f"{label:24s} {_fmt(row['test_accuracy']):>9s} {_fmt(row['watermark_accuracy']):>9s}")
+    rows = attack_sweep(
+        model,
+        args.attack,
+        data,
+        params=params,
+        sweep=sweep,
+        key=key,
+        out=args.out,
+        progress=_progress(args),
+    )
+    print(_attack_table(rows))
     if args.metrics is not None or args.out is not None:
         path = _metrics_path(args)
-        write_json_atomic(
-            path, rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows)
-        )
-        print(f"wrote {path}")
+        record = rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows)
+        write_json_atomic(path, record)
+        print(f"wrote {path}" + (f" and {args.out}" if args.out is not None else ""))
+    return EXIT_OK
+
+
+def _attack_table(rows: list[dict[str, Any]]) -> str:
+    """Aligned rows: the attack's parameters, then test and watermark accuracy."""
+    labels = [", ".join(f"{k}={v}" for k, v in row["attack"].items()) for row in rows]
+    width = max(len("attack"), *map(len, labels))
+    lines = [f"{'attack':{width}s} {'test acc':>9s} {'wm acc':>9s}"]
+    for label, row in zip(labels, rows, strict=True):
+        test, marked = _fmt(row["test_accuracy"]), _fmt(row["watermark_accuracy"])
+        lines.append(f"{label:{width}s} {test:>9s} {marked:>9s}")
+    return "\n".join(lines)
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ownmark.matrix import MatrixConfig, render_matrix, run_matrix
+
+    config = MatrixConfig.from_file(args.config) if args.config is not None else MatrixConfig()
+    overrides: dict[str, Any] = {}
+    if args.schemes:
+        overrides["schemes"] = tuple(s.strip() for s in args.schemes.split(",") if s.strip())
+    if args.attacks:
+        # Columns are comma-separated; an attack's own parameters use ';' on the command line.
+        specs = (a.strip().replace(";", ",") for a in args.attacks.split(","))
+        overrides["attacks"] = tuple(s for s in specs if s)
+    if args.seeds:
+        try:
+            overrides["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"--seeds takes integers like 0,1,2, got {args.seeds!r}") from None
+    for name in ("epochs", "num_keys", "key_ratio", "arch", "device"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.data != "digits" or args.data_path is not None:
+        overrides.update(dataset=args.data, data_path=args.data_path)
+    config = dataclasses.replace(config, **overrides)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    cells = run_matrix(config, args.out, report=say)
+    paths = render_matrix(cells, args.out)
+    print(paths["markdown"].read_text(), end="")
+    print(f"wrote {paths['markdown']}, {paths['json']} and {paths['png']}")
     return EXIT_OK
 
 

@@ -22,18 +22,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"ownmark: error: {message} (see '{self.prog} --help')\n")
 
 
+def _names(kind: str) -> str:
+    """The registered names of ``kind`` (see ``ownmark list``), for help texts."""
+    from ownmark.cli.models import registries
+
+    return ", ".join(registries()[kind].names())
+
+
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default="digits",
         metavar="NAME",
-        help="data set: digits (built in, default), mnist, cifar10, cifar100, folder",
+        help=f"data set: {_names('datasets')} (default digits, built in)",
     )
     parser.add_argument("--data-path", metavar="PATH", help="where the data set's files are")
 
 
 def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--model", metavar="ARCH", help="architecture (see 'ownmark list models')")
+    parser.add_argument(
+        "--model",
+        metavar="ARCH",
+        help=f"architecture: {_names('models')}, or package.module:factory (default: the "
+        "paper's network for the data)",
+    )
     parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
     parser.add_argument("--batch-size", type=int, default=128, help="default 128 (Table 7)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, default 0.01")
@@ -45,6 +57,77 @@ def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
     parser.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+
+
+def _add_params(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"parameter, repeatable, e.g. {example}",
+    )
+
+
+def _add_attack(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``ownmark attack NAME``: one sub-command per registered attack, from the registry."""
+    from ownmark.attacks import ATTACKS
+
+    attack = commands.add_parser("attack", help="attack a model: " + ", ".join(ATTACKS.names()))
+    names = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
+    for entry in ATTACKS:
+        sub = names.add_parser(
+            entry.name,
+            help=entry.summary,
+            description=f"{entry.summary}. Parameters (-p NAME=VALUE): "
+            + "; ".join(
+                f"{p.name} ({p.type}, default {p.default!r})" for p in entry.params.values()
+            ),
+        )
+        sub.add_argument("--model", required=True, type=Path, help="model file to attack")
+        sub.add_argument("--key", type=Path, help="measure watermark accuracy with this key")
+        _add_data(sub)
+        _add_params(sub, "-p seed=1")
+        sub.add_argument(
+            "--sweep",
+            metavar="NAME=VALUES",
+            help="run once per value: rate=0.1..0.9 (steps of 0.1), rate=0.1..0.9:0.2, "
+            "epochs=1,2,5",
+        )
+        sub.add_argument("--out", type=Path, help="attacked model file (not with --sweep)")
+        sub.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
+        _add_allow_factory(sub)
+
+
+def _add_matrix(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``ownmark matrix``: schemes x attacks x seeds, resumable, with a table and a heat map."""
+    from ownmark.matrix import MatrixConfig
+
+    defaults = MatrixConfig()
+    matrix = commands.add_parser(
+        "matrix",
+        help="robustness matrix: every scheme x attack x seed, with ownmark's verdict",
+        description="Train, calibrate and embed one key per scheme and seed, attack each "
+        "watermarked model and verify it. Finished cells under --out are not redone.",
+    )
+    matrix.add_argument("--out", required=True, type=Path, help="folder for models and results")
+    matrix.add_argument("--config", type=Path, help="JSON file with MatrixConfig fields")
+    matrix.add_argument("--schemes", help="comma-separated scheme names (default: all registered)")
+    matrix.add_argument(
+        "--attacks",
+        help="comma-separated NAME or NAME:k=v;k=v columns; a range makes one column per "
+        "value, e.g. prune:rate=0.1..0.9 (default: " + ",".join(defaults.attacks) + ")",
+    )
+    matrix.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    matrix.add_argument("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
+    matrix.add_argument("--num-keys", type=int, help=f"default {defaults.num_keys}")
+    matrix.add_argument(
+        "--key-ratio", type=float, help=f"key share of each epoch (default {defaults.key_ratio})"
+    )
+    matrix.add_argument("--arch", help="watermarked model's architecture (default: the paper's)")
+    matrix.add_argument("--device", help="torch device (default cpu)")
+    _add_data(matrix)
 
 
 def _add_allow_factory(parser: argparse.ArgumentParser) -> None:
@@ -148,17 +231,73 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_remote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--protocol", default="v2", help="v2 (Open Inference Protocol, default), template, python"
+        "--protocol",
+        default="v2",
+        help="v2 (Open Inference Protocol: ownmark serve, MLServer, Triton, KServe; default), "
+        "torchserve, template, python",
     )
-    parser.add_argument("--model-name", help="v2 model name (if --url does not include it)")
     parser.add_argument(
-        "--input-name", default="images", help="v2 image input name (Triton: e.g. INPUT__0)"
+        "--model-name", help="v2 or torchserve model name (if --url does not include it)"
+    )
+    parser.add_argument(
+        "--input-name",
+        default="images",
+        help="v2 image input name, default images (Triton: e.g. INPUT__0, MLServer: input-0)",
+    )
+    parser.add_argument(
+        "--output-name", help="v2 output holding the prediction (default: found by name and type)"
+    )
+    parser.add_argument(
+        "--input-datatype",
+        default="UINT8",
+        type=str.upper,
+        help="tensor datatype sent: UINT8 (pixels 0..255, default), FP32, FP16",
+    )
+    parser.add_argument(
+        "--scale",
+        default="none",
+        help="pixel scaling: none (0..255, default) or unit (divided by 255, into [0, 1])",
+    )
+    parser.add_argument(
+        "--mean",
+        metavar="M[,M,M]",
+        help="per-channel mean subtracted after scaling, e.g. 0.1307 or 0.485,0.456,0.406",
+    )
+    parser.add_argument(
+        "--std", metavar="S[,S,S]", help="per-channel std divided by after --mean, e.g. 0.3081"
+    )
+    parser.add_argument(
+        "--layout", default="NCHW", type=str.upper, help="NCHW (default) or NHWC (channels last)"
+    )
+    parser.add_argument(
+        "--input-shape",
+        metavar="D,D,...",
+        help="shape of one image as the model takes it, e.g. 1,28,28 or 784; needed when the "
+        "v2 metadata lists no inputs (MLServer's default)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        metavar="N",
+        help="most images per HTTP request (v2, template); each --batch query is split",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="class names, one per line (line 1 = class 0) or TorchServe's index_to_name.json: "
+        "maps answers that name classes (torchserve, template, python)",
     )
     parser.add_argument("--template", type=Path, help="request/response template (JSON)")
     parser.add_argument(
+        "--adapter",
+        metavar="FILE.py:NAME",
+        help="python protocol: the adapter (or MODULE:NAME); it gets --url and the options",
+    )
+    parser.add_argument(
         "--answer",
         default="auto",
-        help="what the API answers: auto (default), label, topk, probabilities",
+        help="what the v2 API answers: auto (default), label, topk, probabilities",
     )
     parser.add_argument(
         "--token", help="bearer token (default: the OWNMARK_TOKEN environment variable)"
@@ -209,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["all", "schemes", "models", "attacks", "datasets"],
+        choices=["all", "schemes", "attacks", "models", "datasets", "protocols", "backends"],
     )
 
     data = commands.add_parser("data", help="download data sets")
@@ -220,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--mirror", help="base URL to use instead of the official address")
 
     keygen = commands.add_parser("keygen", help="generate a watermark key")
-    keygen.add_argument("--scheme", required=True, help="see 'ownmark list schemes'")
+    keygen.add_argument("--scheme", required=True, help=f"one of: {_names('schemes')}")
     _add_data(keygen)
     keygen.add_argument("--out", required=True, type=Path, help="key file to write")
     keygen.add_argument(
@@ -320,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = verify.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", type=Path, help="suspect model file (in this process)")
     target.add_argument(
-        "--url", help="suspect prediction API (or, with --protocol python, MODULE:CALLABLE)"
+        "--url",
+        help="suspect prediction API (with --protocol python and no --adapter: the adapter)",
     )
     _add_remote(verify)
     _add_verify_options(verify)
@@ -346,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a model over HTTP (Open Inference Protocol)")
     serve.add_argument("model", type=Path, help="model file (.safetensors, or .onnx)")
-    serve.add_argument("--backend", default="torch", help="torch (default) or onnxruntime")
+    serve.add_argument("--backend", default="torch", help=f"{_names('backends')} (default torch)")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--name", help="model name in the URL (default: the file name's stem)")
@@ -386,29 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     _add_allow_factory(export)
 
-    attack = commands.add_parser("attack", help="attack a model (pruning, fine-tuning)")
-    attack_commands = attack.add_subparsers(dest="attack", required=True, parser_class=_Parser)
-    prune = attack_commands.add_parser("prune", help="magnitude pruning")
-    prune.add_argument(
-        "--rate", required=True, help="fraction to zero: 0.5, a list 0.1,0.5 or a sweep 0.1..0.9"
-    )
-    prune.add_argument("--per-layer", action="store_true", help="prune each layer by the rate")
-    finetune = attack_commands.add_parser("finetune", help="fine-tune on half of the test set")
-    finetune.add_argument("--epochs", type=int, default=10, help="default 10")
-    finetune.add_argument("--lr", type=float, default=0.01, help="default 0.01")
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--device", default="cpu")
-    for sub in (prune, finetune):
-        sub.add_argument("--model", required=True, type=Path, help="model file to attack")
-        sub.add_argument("--key", type=Path, help="measure watermark accuracy with this key")
-        _add_data(sub)
-        sub.add_argument("--out", type=Path, help="attacked model file (one rate only)")
-        sub.add_argument("--metrics", type=Path, help="metrics JSON")
-        _add_allow_factory(sub)
+    _add_attack(commands)
+    _add_matrix(commands)
 
     demo = commands.add_parser("demo", help="the whole flow on the built-in MNIST digits")
     demo.add_argument("--out", type=Path, default=Path("ownmark-demo"), help="output folder")
-    demo.add_argument("--scheme", default="content", help="default content")
+    demo.add_argument(
+        "--scheme", default="content", help=f"one of: {_names('schemes')} (default content)"
+    )
     demo.add_argument("--epochs", type=int, default=8, help="training epochs, default 8")
     demo.add_argument("--seed", type=int, default=0)
     return parser

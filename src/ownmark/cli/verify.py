@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ownmark.cli.common import (
     EXIT_INCONCLUSIVE,
@@ -15,8 +15,58 @@ from ownmark.cli.common import (
 )
 from ownmark.errors import ConfigError
 
+if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
+    from ownmark.verify.suspects import Suspect
 
-def _suspect(args: argparse.Namespace, key: Any) -> Any:
+
+def _numbers(text: str | None, flag: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
+    """``--flag 1,2,3`` as a tuple of ``kind``, or () when not given; ConfigError otherwise."""
+    if text is None:
+        return ()
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        example = "1,28,28" if kind is int else "0.485,0.456,0.406"
+        raise ConfigError(
+            f"{flag} takes comma-separated {'whole numbers' if kind is int else 'numbers'} "
+            f"such as {example}, got {text!r}"
+        ) from None
+
+
+def wire_format(args: argparse.Namespace, key: Any) -> Any:
+    """The :class:`~ownmark.verify.remote.WireFormat` the command line describes.
+
+    Raises:
+        ConfigError: a malformed or inconsistent option, or labels that do not name the
+            key's classes.
+    """
+    from ownmark.verify.remote import InputEncoding, WireFormat, read_labels
+
+    shape = _numbers(args.input_shape, "--input-shape", int)
+    encoding = InputEncoding(
+        datatype=args.input_datatype,
+        scale=args.scale,
+        mean=_numbers(args.mean, "--mean", float),
+        std=_numbers(args.std, "--std", float),
+        layout=args.layout,
+        shape=shape or None,
+    )
+    labels = read_labels(args.labels) if args.labels is not None else None
+    if labels is not None and len(labels) != key.model_classes:
+        raise ConfigError(
+            f"{args.labels} names {len(labels)} classes but the key's model has "
+            f"{key.model_classes}; give one name per class"
+        )
+    return WireFormat(
+        encoding=encoding,
+        output_name=args.output_name,
+        answer=args.answer,
+        max_batch=args.max_batch,
+        labels=labels,
+    )
+
+
+def _suspect(args: argparse.Namespace, key: Any) -> Suspect:
     """The suspect to query: a local model file, or an API through a protocol adapter."""
     if args.model is not None:
         from ownmark.models import load_model
@@ -38,20 +88,19 @@ def _suspect(args: argparse.Namespace, key: Any) -> Any:
         rate_limit=args.rate_limit,
         token=args.token or os.environ.get("OWNMARK_TOKEN") or None,
     )
-    # Every suspect open_suspect returns has close(); the Suspect protocol does not require it.
-    suspect: Any = open_suspect(
+    suspect = open_suspect(
         args.url,
         args.protocol,
         model=args.model_name,
         policy=policy,
-        answer=args.answer,
         template=str(args.template) if args.template is not None else None,
         input_name=args.input_name,
+        wire=wire_format(args, key),
+        adapter=args.adapter,
     )
     try:
-        if hasattr(suspect, "check_input_shape"):
-            # One metadata request up front beats spending the budget on images it can't take.
-            suspect.check_input_shape(key.image_shape)
+        # One metadata request up front beats spending the budget on images it can't take.
+        suspect.check_input(key.image_shape)
     except BaseException:
         suspect.close()
         raise
@@ -124,14 +173,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # A local model file is checked first (a wrong file is the likelier mistake); a remote
     # suspect is contacted only after everything that can fail on our side has passed.
     suspect = _suspect(args, key) if args.model is not None else None
-    plan_test(key, config)
+    test = plan_test(key, config)  # planned once: the verifier runs this very test
     if args.sign_key is not None:
         load_signing_key(args.sign_key)
     evidence_path = _evidence_path(args)
     if suspect is None:
         suspect = _suspect(args, key)
     try:
-        result = verify_ownership(key, suspect, config)
+        result = verify_ownership(key, suspect, config, test=test)
     finally:
         suspect.close()
     # Written before anything is printed: a failed write must not look like a verdict.
@@ -142,7 +191,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result.summary())
     print(f"suspect {result.suspect} ({result.protocol})")
     sent = result.transport.get("requests_sent")
-    http = f" ({sent} HTTP requests incl. retries and metadata)" if sent is not None else ""
+    remote = result.protocol in ("v2", "torchserve", "template")
+    http = f" ({sent} HTTP requests incl. retries and metadata)" if remote else ""
     print(
         f"key queries {result.queries} of budget {result.budget}: {result.matches} matched, "
         f"{result.errors} failed; {result.decoys} decoys; {result.requests} requests{http}; "

@@ -5,6 +5,8 @@ Every loader returns a :class:`DataSplits` of uint8 ``(N, C, H, W)`` images held
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from ownmark.data.embedded import load_builtin_digits
 from ownmark.data.folder import load_image_folder
 from ownmark.data.mnist import load_mnist
 from ownmark.errors import ConfigError
+from ownmark.registry import Registry, signature_params
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,28 @@ def load_dataset(
     return info.loader(**options)
 
 
+#: The same data sets in the shared registry shape: ``DATASET_REGISTRY.create("mnist",
+#: path=...)``; each entry's parameters are its loader's.
+DATASET_REGISTRY: Registry[DataSplits] = Registry("data set")
+for _info in DATASETS.values():
+    _params = signature_params(_info.loader)
+    if _info.needs_path:  # the loader's first argument is load_dataset's ``path``
+        _first, *_rest = _params
+        _params = {
+            "path": dataclasses.replace(_params[_first], name="path"),
+            **{k: _params[k] for k in _rest},
+        }
+    DATASET_REGISTRY.add(
+        _info.name,
+        _info.description,
+        functools.partial(load_dataset, _info.name),
+        params=_params,
+    )
+
 __all__ = [
     "DATASETS",
     "DATASET_DESCRIPTIONS",
+    "DATASET_REGISTRY",
     "DEFAULT_DATASET",
     "DataSplits",
     "DatasetInfo",

@@ -18,6 +18,7 @@ from ownmark.models.io import (
     spec_to_metadata,
 )
 from ownmark.models.registry import (
+    MODELS,
     Classifier,
     ModelSpec,
     build_model,
@@ -30,6 +31,7 @@ from ownmark.models.registry import (
 )
 
 __all__ = [
+    "MODELS",
     "Classifier",
     "ModelSpec",
     "build_model",

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from ownmark.errors import ConfigError, one_line
+from ownmark.registry import Registry
 
 __all__ = [
+    "MODELS",
     "Classifier",
     "ModelSpec",
     "build_model",
@@ -46,13 +48,8 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _FACTORY_RE = re.compile(rf"^{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*$")
 
 
-@dataclass(frozen=True)
-class _Entry:
-    factory: NetworkFactory
-    description: str
-
-
-_REGISTRY: dict[str, _Entry] = {}
+#: Built-in networks, by name (the shared :class:`~ownmark.registry.Registry` shape).
+MODELS: Registry[nn.Module] = Registry("model")
 
 
 def register_model(name: str, description: str) -> Callable[[_F], _F]:
@@ -70,9 +67,7 @@ def register_model(name: str, description: str) -> Callable[[_F], _F]:
         raise ValueError(f"invalid model name {name!r}: must be non-empty and contain no ':'")
 
     def decorator(factory: _F) -> _F:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(factory=factory, description=description)
+        MODELS.add(name, description, factory)
         return factory
 
     return decorator
@@ -80,12 +75,12 @@ def register_model(name: str, description: str) -> Callable[[_F], _F]:
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_descriptions() -> dict[str, str]:
     """``{name: one-line description}`` for every registered model, sorted by name."""
-    return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
+    return {entry.name: entry.summary for entry in MODELS}
 
 
 def is_factory_name(name: str) -> bool:
@@ -177,13 +172,13 @@ def create_network(
                 "expected a torch.nn.Module"
             )
         return network
-    entry = _REGISTRY.get(name)
-    if entry is None:
+    if name not in MODELS:
         raise ConfigError(
             f"unknown model {name!r}; registered models: {', '.join(list_models())}; "
             "or give your own factory as 'package.module:factory'"
         )
-    return entry.factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    factory = MODELS.entry(name).factory
+    return factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
 
 def default_normalization(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

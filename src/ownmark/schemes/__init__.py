@@ -9,21 +9,29 @@ from __future__ import annotations
 
 from ownmark.schemes import content, noise, unrelated  # noqa: F401  (registration)
 from ownmark.schemes.base import (
+    SCHEMES,
     SchemeConfig,
     WatermarkScheme,
+    answer_matches,
     create_scheme,
     get_scheme_class,
+    key_matches,
     list_schemes,
     register_scheme,
+    scheme_for_key,
     scheme_parameters,
 )
 
 __all__ = [
+    "SCHEMES",
     "SchemeConfig",
     "WatermarkScheme",
+    "answer_matches",
     "create_scheme",
     "get_scheme_class",
+    "key_matches",
     "list_schemes",
     "register_scheme",
+    "scheme_for_key",
     "scheme_parameters",
 ]

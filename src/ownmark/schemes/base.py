@@ -15,31 +15,45 @@ owner's key then agrees with ours on a class's label only by chance (about 1 in 
 calibration measures on models carrying other keys. The paper's setting stays available by
 giving the parameters explicitly (``source_class=1, target_class=0, text="TEST"``).
 
-Embedding (training on data mixed with the key) and verification
-(querying a suspect with the key) are the same for every scheme and live elsewhere
-(:mod:`ownmark.train`, :mod:`ownmark.verify`), like foolbox keeps criteria apart from attacks.
+**What a scheme owns** (hooks whose defaults are Zhang et al.'s):
 
-Adding a scheme: subclass :class:`WatermarkScheme`, give it a frozen ``Config`` dataclass
-deriving from :class:`SchemeConfig`, and decorate it with :func:`register_scheme`. The CLI
-and the test-suite pick it up from the registry.
+- :meth:`~WatermarkScheme.make_triggers` (required): clean images -> trigger images;
+- :meth:`~WatermarkScheme.pick_sources`: which images become triggers, and the decoys;
+- :meth:`~WatermarkScheme.make_secrets`: learned parts and secrets (an encoder's weights, a
+  noise pattern), made at keygen and stored in the key's commitment-covered ``extra``
+  tensors, never in the model file;
+- :meth:`~WatermarkScheme.objective`: the training loss that embeds the key (default
+  cross-entropy on the mix, :func:`ownmark.train.cross_entropy`);
+- ``extra_classes``: outputs the host model gets beyond the data's classes (0, or 1 for a
+  new-label key);
+- :meth:`~WatermarkScheme.matches`: how a suspect's answer to a key query is scored, the one
+  definition that verification, evidence checking and calibration use;
+- :meth:`~WatermarkScheme.fresh_triggers`: new trigger samples made with the key's recipe
+  (the papers' generalisation tests).
+
+Adding a scheme: subclass ``WatermarkScheme[MyConfig]`` with a frozen ``MyConfig``
+dataclass deriving from :class:`SchemeConfig` (validating its fields in ``__post_init__``),
+and decorate it with :func:`register_scheme`. The CLI, ``ownmark list``, the robustness
+matrix and the contract tests pick it up from :data:`SCHEMES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
-import types
-import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 
 from ownmark.data.base import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
+from ownmark.registry import Registry
+
+if TYPE_CHECKING:
+    from ownmark.train import Objective
 
 
 @dataclass(frozen=True)
@@ -65,11 +79,18 @@ class SchemeConfig:
     target_class: int | None = None
     num_decoys: int | None = None
 
+    def __post_init__(self) -> None:
+        # Range checks against the data set's classes happen in generate(), which knows it.
+        if self.num_keys < 1:
+            raise ConfigError(f"num_keys must be at least 1, got {self.num_keys}")
+        if self.num_decoys is not None and self.num_decoys < 0:
+            raise ConfigError(f"num_decoys must be >= 0, got {self.num_decoys}")
+
 
 ConfigT = TypeVar("ConfigT", bound=SchemeConfig)
 
 
-class WatermarkScheme(ABC):
+class WatermarkScheme(ABC, Generic[ConfigT]):
     """Base class: picks source images, calls :meth:`make_triggers`, packs a KeySet.
 
     Subclasses set ``name``, ``summary`` and ``config_class`` and implement
@@ -79,11 +100,15 @@ class WatermarkScheme(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type[SchemeConfig]] = SchemeConfig
+    #: Outputs the host model gets beyond the data set's classes (a new-label key: 1).
+    extra_classes: ClassVar[int] = 0
 
-    def __init__(self, config: SchemeConfig | None = None) -> None:
-        self.config = config if config is not None else self.config_class()
+    def __init__(self, config: ConfigT | None = None) -> None:
+        self.config: ConfigT = config if config is not None else self.config_class()  # type: ignore[assignment]
         if not isinstance(self.config, self.config_class):
             raise TypeError(f"{self.name} expects a {self.config_class.__name__}")
+        #: The key's learned parts and secrets (see :meth:`make_secrets`).
+        self.secrets: dict[str, torch.Tensor] = {}
 
     def generate(self, data: DataSplits, *, seed: int | None = None, dataset: str = "") -> KeySet:
         """Make a key for models trained on ``data``.
@@ -104,10 +129,6 @@ class WatermarkScheme(ABC):
                     f"{field_name}={value} is out of range for a data set with {num_classes} "
                     f"classes; choose 0..{num_classes - 1}"
                 )
-        if cfg.num_keys < 1:
-            raise ConfigError(f"num_keys must be at least 1, got {cfg.num_keys}")
-        if cfg.num_decoys is not None and cfg.num_decoys < 0:
-            raise ConfigError(f"num_decoys must be >= 0, got {cfg.num_decoys}")
         seed_source = "secret" if seed is None else "given"
         seed = secrets.randbits(63) if seed is None else seed
         generator = torch.Generator().manual_seed(seed)
@@ -115,6 +136,7 @@ class WatermarkScheme(ABC):
         # The same scheme with every secret drawn: it makes this key's images.
         resolved = type(self)(self.resolve_secrets(data.image_shape, generator))
         originals, labels, decoys, decoy_labels = resolved.pick_sources(data, label_map, generator)
+        resolved.secrets = resolved.make_secrets(data, originals, generator)
         triggers = resolved.make_triggers(originals, generator)
         decoy_key_labels = self.decoy_key_labels(decoy_labels, labels, label_map, generator)
         params: dict[str, Any] = dataclasses.asdict(resolved.config)
@@ -135,6 +157,8 @@ class WatermarkScheme(ABC):
             params=params,
             dataset=dataset or data.train.name,
             num_classes=num_classes,
+            extra_classes=self.extra_classes,
+            extra=dict(resolved.secrets),
             seed=seed,
             seed_source=seed_source,
             decoys=decoys,
@@ -162,7 +186,7 @@ class WatermarkScheme(ABC):
 
     def resolve_secrets(
         self, image_shape: tuple[int, int, int], generator: torch.Generator
-    ) -> SchemeConfig:
+    ) -> ConfigT:
         """The config with every secret (None) trigger parameter drawn from ``generator``.
 
         Default: nothing to draw (the label map is drawn by :meth:`label_map`).
@@ -206,6 +230,48 @@ class WatermarkScheme(ABC):
             if label in label_map:
                 out[i] = label_map[label]
         return out
+
+    def make_secrets(
+        self, data: DataSplits, originals: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Learned parts and secret tensors of a new key, stored in ``KeySet.extra``.
+
+        Called at keygen on the resolved scheme, after :meth:`pick_sources` and before
+        :meth:`make_triggers` (which reads them from ``self.secrets``). Default: none.
+        """
+        return {}
+
+    def objective(self, key: KeySet) -> Objective | None:
+        """The training loss that embeds ``key``; None (default): cross-entropy on the mix."""
+        return None
+
+    def matches(self, answers: torch.Tensor, key_labels: torch.Tensor) -> torch.Tensor:
+        """Which answers (top-1 labels) to key queries count as the watermark (bool tensor).
+
+        Default: the answer is the key label. This is the one definition of a match that
+        verification, evidence checking and calibration use.
+        """
+        return answers == key_labels
+
+    def fresh_triggers(
+        self, key: KeySet, data: DataSplits, count: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` new trigger images made with ``key``'s recipe, and their key labels.
+
+        Default (schemes that mark ordinary images): test images of the key's source
+        classes, never used for the key, passed through :meth:`make_triggers` with the key's
+        secrets, labelled by the key's label map. Call it on :func:`scheme_for_key`'s result.
+        """
+        label_map = {int(k): int(v) for k, v in key.params.get("label_map", {}).items()}
+        if not label_map:
+            raise ConfigError(f"scheme {self.name!r} cannot make fresh triggers for this key")
+        pools = [data.test.of_class(c) for c in sorted(label_map)]
+        images = torch.cat([p.images for p in pools])
+        classes = torch.cat([p.labels for p in pools])
+        rows = torch.randperm(len(images), generator=generator)[:count]
+        triggers = self.make_triggers(images[rows], generator)
+        labels = torch.tensor([label_map[int(c)] for c in classes[rows]], dtype=torch.int64)
+        return triggers, labels
 
     @abstractmethod
     def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -258,87 +324,57 @@ def draw_by_class(
     return images.clone(), labels.clone(), decoys.clone(), decoy_labels.clone()
 
 
-_SCHEMES: dict[str, type[WatermarkScheme]] = {}
-SchemeT = TypeVar("SchemeT", bound=type[WatermarkScheme])
-
-
-def register_scheme(cls: SchemeT) -> SchemeT:
-    """Class decorator that makes a scheme available by its ``name``."""
-    if cls.name in _SCHEMES:
-        raise ValueError(f"scheme {cls.name!r} is registered twice")
-    _SCHEMES[cls.name] = cls
-    return cls
+SCHEMES: Registry[WatermarkScheme[Any]] = Registry("scheme")
+#: Class decorator that makes a scheme available by its ``name``.
+register_scheme = SCHEMES.register
 
 
 def list_schemes() -> list[str]:
     """Names of all registered schemes, sorted."""
-    return sorted(_SCHEMES)
+    return SCHEMES.names()
 
 
-def get_scheme_class(name: str) -> type[WatermarkScheme]:
-    try:
-        return _SCHEMES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown scheme {name!r}; choose one of: {', '.join(list_schemes())}"
-        ) from None
+def get_scheme_class(name: str) -> type[WatermarkScheme[Any]]:
+    cls: type[WatermarkScheme[Any]] = SCHEMES.entry(name).target
+    return cls
 
 
 def scheme_parameters(name: str) -> dict[str, tuple[str, Any]]:
     """``{parameter: (type name, default)}`` of a scheme, for help texts."""
-    cls = get_scheme_class(name)
-    hints = typing.get_type_hints(cls.config_class)
-    return {
-        f.name: (_type_name(hints[f.name]), f.default) for f in dataclasses.fields(cls.config_class)
-    }
+    return {k: (p.type, p.default) for k, p in SCHEMES.params(name).items()}
 
 
-def create_scheme(name: str, **params: Any) -> WatermarkScheme:
+def create_scheme(name: str, **params: Any) -> WatermarkScheme[Any]:
     """Build a registered scheme; string parameter values are converted to the field types.
 
     Raises:
         ConfigError: unknown scheme, unknown parameter, or a value of the wrong type.
     """
-    cls = get_scheme_class(name)
-    hints = typing.get_type_hints(cls.config_class)
+    return SCHEMES.create(name, **params)
+
+
+def scheme_for_key(key: KeySet) -> WatermarkScheme[Any]:
+    """The registered scheme that made ``key``, configured with the key's resolved parameters."""
+    cls = get_scheme_class(key.scheme)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    values: dict[str, Any] = {}
-    for key, raw in params.items():
-        if key not in fields:
-            raise ConfigError(
-                f"scheme {name!r} has no parameter {key!r}; its parameters are: "
-                f"{', '.join(sorted(fields))}"
-            )
-        values[key] = _convert(raw, hints[key], key) if isinstance(raw, str) else raw
-    try:
-        config = cls.config_class(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid parameters for scheme {name!r}: {exc}") from exc
-    return cls(config)
+    scheme = cls(cls.config_class(**{k: v for k, v in key.params.items() if k in fields}))
+    scheme.secrets = dict(key.extra)
+    return scheme
 
 
-def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if args else hint
-    return getattr(base, "__name__", str(base))
+def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) -> torch.Tensor:
+    """Which of ``answers`` count as the watermark, by the key's scheme's :meth:`matches`.
+
+    A key whose scheme is not registered here (a forged key, a plugin not imported) is
+    scored by the base rule, the answer equals the key label.
+    """
+    if key.scheme not in SCHEMES:
+        return answers == key_labels
+    return scheme_for_key(key).matches(answers, key_labels)
 
 
-def _convert(raw: str, hint: Any, key: str) -> Any:
-    """Convert a command-line string to the annotated type (int, float, str, Optional)."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if raw.lower() in ("none", "") and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    converters: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str}
-    if hint is bool:
-        if raw.lower() in ("1", "true", "yes"):
-            return True
-        if raw.lower() in ("0", "false", "no"):
-            return False
-        raise ConfigError(f"parameter {key} expects true/false, got {raw!r}")
-    try:
-        return converters[hint](raw)
-    except (KeyError, ValueError):
-        raise ConfigError(f"parameter {key} expects type {_type_name(hint)}, got {raw!r}") from None
+def answer_matches(key: KeySet, label: int | None, key_label: int) -> bool:
+    """Whether one valid answer (``None``: no valid label) counts as the watermark."""
+    if label is None:
+        return False
+    return bool(key_matches(key, torch.tensor([label]), torch.tensor([key_label]))[0])

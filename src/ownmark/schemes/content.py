@@ -61,6 +61,13 @@ class ContentConfig(SchemeConfig):
     position: str | None = None
     intensity: int = 255
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.font_size < 0:
+            raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {self.font_size}")
+        if not 0 <= self.intensity <= 255:
+            raise ConfigError(f"intensity must lie in 0..255, got {self.intensity}")
+
 
 def _place(position: str, stamp_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[int, int]:
     """Top-left (y, x) of a stamp of size ``stamp_hw`` inside an image of size ``image_hw``."""
@@ -121,10 +128,6 @@ def load_logo(path: str, channels: int, ink: int = 255) -> tuple[np.ndarray, np.
 
 def _ink(cfg: ContentConfig, channels: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     """The stamp before placement: (mask sh×sw in [0,1], colour C×sh×sw)."""
-    if cfg.font_size < 0:
-        raise ConfigError(f"font_size must be >= 0 (0 = automatic), got {cfg.font_size}")
-    if not 0 <= cfg.intensity <= 255:
-        raise ConfigError(f"intensity must lie in 0..255, got {cfg.intensity}")
     if cfg.logo:
         return load_logo(cfg.logo, channels, cfg.intensity)
     if not cfg.text:
@@ -158,7 +161,7 @@ def _fits(cfg: ContentConfig, image_shape: tuple[int, int, int]) -> bool:
 
 
 @register_scheme
-class ContentScheme(WatermarkScheme):
+class ContentScheme(WatermarkScheme[ContentConfig]):
     """Zhang et al.'s WM_content: stamp a word or logo on source-class images, relabel them."""
 
     name = "content"
@@ -167,10 +170,9 @@ class ContentScheme(WatermarkScheme):
 
     def resolve_secrets(
         self, image_shape: tuple[int, int, int], generator: torch.Generator
-    ) -> SchemeConfig:
+    ) -> ContentConfig:
         """Draw a secret text (unless a text or logo is given) and a secret edge place."""
         cfg = self.config
-        assert isinstance(cfg, ContentConfig)
         channels, h, w = image_shape
         if cfg.text is None and not cfg.logo:
             # Redraw a text that would not fit where it must go (wide letters, a given place).
@@ -193,7 +195,6 @@ class ContentScheme(WatermarkScheme):
     def stamp(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The full-size (mask 1×H×W, colour C×H×W) of this key's stamp."""
         cfg = self.config
-        assert isinstance(cfg, ContentConfig)
         channels, h, w = image_shape
         mask, colour = _ink(cfg, channels, h)
         sh, sw = mask.shape

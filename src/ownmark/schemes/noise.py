@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ownmark.data.base import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
 
@@ -32,23 +33,31 @@ class NoiseConfig(SchemeConfig):
 
     std: float = 0.2
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.std <= 1.0:
+            raise ConfigError(f"std must lie in (0, 1], got {self.std}")
+
 
 @register_scheme
-class NoiseScheme(WatermarkScheme):
+class NoiseScheme(WatermarkScheme[NoiseConfig]):
     """Zhang et al.'s WM_noise: one fixed Gaussian pattern on source-class images."""
 
     name = "noise"
     summary = "a fixed Gaussian noise pattern added to source-class images (Zhang et al. 2018)"
     config_class = NoiseConfig
 
-    def pattern(self, image_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """The noise pattern in grey levels, shape C×H×W."""
-        cfg = self.config
-        assert isinstance(cfg, NoiseConfig)
-        if not 0.0 < cfg.std <= 1.0:
-            raise ConfigError(f"std must lie in (0, 1], got {cfg.std}")
-        return torch.randn(image_shape, generator=generator) * (cfg.std * 255.0)
+    def make_secrets(
+        self, data: DataSplits, originals: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The key's noise pattern in grey levels (float32, C×H×W), kept for fresh triggers."""
+        shape = tuple(originals.shape[1:])
+        return {"pattern": torch.randn(shape, generator=generator) * (self.config.std * 255.0)}
 
     def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noisy = originals.float() + self.pattern(tuple(originals.shape[1:]), generator)
+        if "pattern" not in self.secrets:
+            raise ConfigError(
+                "this noise key stores no pattern (made by ownmark 0.1, which did not keep it)"
+            )
+        noisy = originals.float() + self.secrets["pattern"]
         return noisy.round().clamp(0, 255).to(torch.uint8)

@@ -59,6 +59,13 @@ class UnrelatedConfig(SchemeConfig):
     digit: int | None = None
     alphabet: str = "AEFHKMNPRTUVWXY"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.digit is not None and not 0 <= self.digit <= 9:
+            raise ConfigError(f"digit must lie in 0..9, got {self.digit}")
+        if not self.alphabet:
+            raise ConfigError("alphabet must not be empty")
+
 
 def _resize(images: list[np.ndarray], shape: tuple[int, int, int]) -> torch.Tensor:
     """Resize H×W (grey) or H×W×3 uint8 arrays to C×H×W uint8, converting channels."""
@@ -75,7 +82,7 @@ def _resize(images: list[np.ndarray], shape: tuple[int, int, int]) -> torch.Tens
 
 
 @register_scheme
-class UnrelatedScheme(WatermarkScheme):
+class UnrelatedScheme(WatermarkScheme[UnrelatedConfig]):
     """Zhang et al.'s WM_unrelated: out-of-distribution images carry the key label."""
 
     name = "unrelated"
@@ -84,7 +91,6 @@ class UnrelatedScheme(WatermarkScheme):
 
     def _source(self, channels: int) -> str:
         cfg = self.config
-        assert isinstance(cfg, UnrelatedConfig)
         if cfg.source == "auto":
             return "letters" if channels == 1 else "digits"
         return cfg.source
@@ -109,7 +115,6 @@ class UnrelatedScheme(WatermarkScheme):
         self, data: DataSplits, label_map: dict[int, int], generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
-        assert isinstance(cfg, UnrelatedConfig)
         shape = data.image_shape
         source = self._source(shape[0])
         n = cfg.num_keys
@@ -120,8 +125,6 @@ class UnrelatedScheme(WatermarkScheme):
         elif source == "digits":
             from ownmark.data.embedded import load_builtin_digits
 
-            if cfg.digit is not None and not 0 <= cfg.digit <= 9:
-                raise ConfigError(f"digit must lie in 0..9, got {cfg.digit}")
             digits = load_builtin_digits()
             pool = torch.cat([digits.train.images, digits.test.images])
             pool_labels = torch.cat([digits.train.labels, digits.test.labels])
@@ -148,9 +151,6 @@ class UnrelatedScheme(WatermarkScheme):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` rendered letters (uint8 N×C×H×W) and each one's index in the alphabet."""
         cfg = self.config
-        assert isinstance(cfg, UnrelatedConfig)
-        if not cfg.alphabet:
-            raise ConfigError("alphabet must not be empty")
         _, h, w = shape
         images = []
         which = []

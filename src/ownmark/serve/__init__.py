@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from ownmark.serve.app import ANSWER_MODES, ServeConfig, create_app
 from ownmark.serve.backends import (
+    BACKEND_REGISTRY,
     BACKENDS,
     NonFiniteScoresError,
     OnnxBackend,
@@ -45,6 +46,7 @@ from ownmark.serve.onnx_export import export_onnx
 __all__ = [
     "ANSWER_MODES",
     "BACKENDS",
+    "BACKEND_REGISTRY",
     "BackgroundServer",
     "NonFiniteScoresError",
     "OnnxBackend",

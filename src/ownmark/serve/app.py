@@ -69,6 +69,102 @@ __all__ = ["ANSWER_MODES", "ServeConfig", "create_app"]
 _MODEL_VERSION = "1"
 
 
+class _ModelService:
+    """What the routes do, apart from FastAPI: authorisation, model checks, inference with a
+    bound on the requests in flight, metadata."""
+
+    def __init__(self, backend: PredictBackend, config: ServeConfig) -> None:
+        self.backend, self.config = backend, config
+        self.image_shape = backend.input_shape
+        self.k = min(config.top_k, backend.num_classes)
+        self.allowed = _output_names(config.answer)
+        self.token = config.token.encode("ascii") if config.token is not None else None
+        # Inference requests being computed. Only the event loop's thread touches it (between
+        # awaits), so it needs no lock.
+        self.in_flight = 0
+        self.model_metadata = {
+            "name": config.model_name,
+            "versions": [_MODEL_VERSION],
+            "platform": backend.platform,
+            "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *self.image_shape]}],
+            "outputs": _output_metadata(config.answer, self.k, backend.num_classes),
+            "parameters": {
+                "answer": config.answer,
+                "num_classes": backend.num_classes,
+                "top_k": self.k,
+                "max_batch": config.max_batch,
+            },
+        }
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        # Header values arrive latin-1 decoded, so encoding back is lossless.
+        given = credentials.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.token):
+            raise _ApiError(
+                401,
+                "missing or wrong API token; send the header 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": 'Bearer realm="ownmark"'},
+            )
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        served = self.config.model_name
+        if name != served:
+            raise _ApiError(404, f"unknown model {name[:100]!r}; this server serves {served!r}")
+        if version is not None and version != _MODEL_VERSION:
+            raise _ApiError(
+                404, f"model {name!r} has no version {version[:50]!r}; the only one is '1'"
+            )
+
+    def run_inference(self, body: bytes, info: dict[str, Any]) -> Response:
+        config = self.config
+        parsed = _parse_request(body, self.image_shape, config.max_batch, self.allowed, info)
+        try:
+            proba = np.asarray(self.backend.predict_proba(parsed.images))
+        except NonFiniteScoresError as exc:
+            raise _non_finite(exc.rows) from exc
+        except Exception as exc:
+            # Answered here rather than left to Starlette, which would also drop the connection.
+            _SERVER_LOGGER.exception("the model failed on a request")
+            raise _ApiError(500, "the model failed on this request; see the server log") from exc
+        _check_scores(proba, config.answer)
+        payload: dict[str, Any] = {"model_name": config.model_name, "model_version": "1"}
+        if parsed.request_id is not None:
+            payload["id"] = parsed.request_id
+        payload["outputs"] = _outputs(proba, parsed.outputs, self.k)
+        return _json_response(payload)
+
+    async def infer(self, request: Request, name: str, version: str | None) -> Response:
+        self.authorize(request)
+        self.check_model(name, version)
+        body = await _read_body(request, self.config)
+        limit = self.config.max_concurrency
+        if self.in_flight >= limit:
+            raise _ApiError(
+                503,
+                f"the server is busy ({limit} inference requests in flight); retry in a second",
+                {"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        try:
+            # Parsing 200k ints and the forward pass are CPU work: keep them off the event loop.
+            return await run_in_threadpool(self.run_inference, body, _log_info(request))
+        finally:
+            self.in_flight -= 1
+
+    def metadata(self, request: Request, name: str, version: str | None) -> Response:
+        self.authorize(request)
+        self.check_model(name, version)
+        return _json_response(self.model_metadata)
+
+    def ready(self, request: Request, name: str, version: str | None) -> Response:
+        self.authorize(request)
+        self.check_model(name, version)
+        return _json_response({"name": name, "ready": True})
+
+
 def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
     """A FastAPI app serving ``backend`` over the Open Inference Protocol (KServe v2, REST).
 
@@ -88,13 +184,7 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
     Raises:
         ConfigError: the access-log file cannot be written.
     """
-    sink = _AccessLogSink(config.access_log)
-    image_shape = backend.input_shape
-    num_classes = backend.num_classes
-    k = min(config.top_k, num_classes)
-    allowed = _output_names(config.answer)
-    token = config.token.encode("ascii") if config.token is not None else None
-
+    service = _ModelService(backend, config)
     app = FastAPI(
         title="ownmark prediction API",
         version=__version__,
@@ -103,74 +193,12 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
             'Errors are JSON objects {"error": "..."}.'
         ),
     )
-    app.add_middleware(_AccessLogMiddleware, sink=sink)
+    app.add_middleware(_AccessLogMiddleware, sink=_AccessLogSink(config.access_log))
     # BackgroundServer and serve_forever read the connection limits from here.
     app.state.ownmark_config = config
-
-    def authorize(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        # Header values arrive latin-1 decoded, so encoding back is lossless.
-        given = credentials.strip().encode("latin-1")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
-            raise _ApiError(
-                401,
-                "missing or wrong API token; send the header 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": 'Bearer realm="ownmark"'},
-            )
-
-    def check_model(name: str, version: str | None = None) -> None:
-        if name != config.model_name:
-            raise _ApiError(
-                404, f"unknown model {name[:100]!r}; this server serves {config.model_name!r}"
-            )
-        if version is not None and version != _MODEL_VERSION:
-            raise _ApiError(
-                404, f"model {name!r} has no version {version[:50]!r}; the only one is '1'"
-            )
-
-    def run_inference(body: bytes, info: dict[str, Any]) -> Response:
-        parsed = _parse_request(body, image_shape, config.max_batch, allowed, info)
-        try:
-            proba = np.asarray(backend.predict_proba(parsed.images))
-        except NonFiniteScoresError as exc:
-            raise _non_finite(exc.rows) from exc
-        except Exception as exc:
-            # Answered here rather than left to Starlette, which would also drop the connection.
-            _SERVER_LOGGER.exception("the model failed on a request")
-            raise _ApiError(500, "the model failed on this request; see the server log") from exc
-        _check_scores(proba, config.answer)
-        payload: dict[str, Any] = {"model_name": config.model_name, "model_version": "1"}
-        if parsed.request_id is not None:
-            payload["id"] = parsed.request_id
-        payload["outputs"] = _outputs(proba, parsed.outputs, k)
-        return _json_response(payload)
-
-    infer_openapi = _infer_openapi(image_shape, config.max_batch, allowed)
-
-    # Inference requests being computed. Only the event loop's thread touches it (between
-    # awaits), so it needs no lock.
-    in_flight = 0
-
-    async def infer(request: Request, name: str, version: str | None) -> Response:
-        nonlocal in_flight
-        authorize(request)
-        check_model(name, version)
-        body = await _read_body(request, config)
-        if in_flight >= config.max_concurrency:
-            raise _ApiError(
-                503,
-                f"the server is busy ({config.max_concurrency} inference requests in flight); "
-                "retry in a second",
-                {"Retry-After": "1"},
-            )
-        in_flight += 1
-        try:
-            # Parsing 200k ints and the forward pass are CPU work: keep them off the event loop.
-            return await run_in_threadpool(run_inference, body, _log_info(request))
-        finally:
-            in_flight -= 1
+    infer_openapi = _infer_openapi(backend.input_shape, config.max_batch, service.allowed)
+    infer = service.infer
+    metadata, ready = service.metadata, service.ready
 
     # Declaring 422 stops FastAPI from documenting its own validation-error body for it.
     infer_errors = _error_responses(400, 401, 404, 408, 413, 422, 500, 503)
@@ -212,30 +240,6 @@ def create_app(backend: PredictBackend, config: ServeConfig) -> FastAPI:
     def server_metadata() -> Response:
         """Server name, version and supported protocol extensions (none)."""
         return _json_response({"name": "ownmark", "version": __version__, "extensions": []})
-
-    model_metadata = {
-        "name": config.model_name,
-        "versions": [_MODEL_VERSION],
-        "platform": backend.platform,
-        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *image_shape]}],
-        "outputs": _output_metadata(config.answer, k, num_classes),
-        "parameters": {
-            "answer": config.answer,
-            "num_classes": num_classes,
-            "top_k": k,
-            "max_batch": config.max_batch,
-        },
-    }
-
-    def metadata(request: Request, name: str, version: str | None) -> Response:
-        authorize(request)
-        check_model(name, version)
-        return _json_response(model_metadata)
-
-    def ready(request: Request, name: str, version: str | None) -> Response:
-        authorize(request)
-        check_model(name, version)
-        return _json_response({"name": name, "ready": True})
 
     @app.get("/v2/models/{model_name}", tags=["metadata"], responses=model_errors)
     def get_model_metadata(request: Request, model_name: str) -> Response:

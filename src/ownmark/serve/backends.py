@@ -27,9 +27,11 @@ import torch
 from ownmark.errors import ConfigError, ModelFileError, one_line
 from ownmark.metrics import to_float_images
 from ownmark.models import Classifier, load_model
+from ownmark.registry import Registry
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_REGISTRY",
     "ONNX_FORMAT",
     "ONNX_FORMAT_VERSION",
     "NonFiniteScoresError",
@@ -402,18 +404,29 @@ def load_backend(
         ConfigError: unknown backend name, or onnxruntime is not installed.
         ModelFileError: the file is missing, corrupt, or of the other backend's kind.
     """
-    file = Path(path)
-    if backend == "torch":
-        if file.suffix.lower() == ".onnx":
-            raise ModelFileError(
-                f"{file} looks like an ONNX file; serve it with the 'onnxruntime' backend"
-            )
-        return TorchBackend(load_model(file, allow_factory=allow_factory))
-    if backend == "onnxruntime":
-        if file.suffix.lower() == ".safetensors":
-            raise ModelFileError(
-                f"{file} looks like an ownmark model file, not ONNX; serve it with the 'torch' "
-                "backend or export it with ownmark.serve.export_onnx (ownmark export --onnx)"
-            )
-        return OnnxBackend(file)
-    raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKEND_REGISTRY.create(backend, path=Path(path), allow_factory=allow_factory)
+
+
+def _torch_backend(path: Path, allow_factory: str | None = None) -> PredictBackend:
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(
+            f"{path} looks like an ONNX file; serve it with the 'onnxruntime' backend"
+        )
+    return TorchBackend(load_model(path, allow_factory=allow_factory))
+
+
+def _onnx_backend(path: Path, allow_factory: str | None = None) -> PredictBackend:
+    if path.suffix.lower() == ".safetensors":
+        raise ModelFileError(
+            f"{path} looks like an ownmark model file, not ONNX; serve it with the 'torch' "
+            "backend or export it with ownmark.serve.export_onnx (ownmark export --onnx)"
+        )
+    return OnnxBackend(path)
+
+
+#: Prediction backends by name (the shared registry shape): ``factory(path, allow_factory)``.
+BACKEND_REGISTRY: Registry[PredictBackend] = Registry("backend")
+BACKEND_REGISTRY.add("torch", "ownmark model files run in PyTorch on the CPU", _torch_backend)
+BACKEND_REGISTRY.add(
+    "onnxruntime", "ONNX files exported by ownmark, run in onnxruntime", _onnx_backend
+)

@@ -8,13 +8,14 @@ version. A SHA-256 ``digest`` over the canonical JSON catches edits; an optional
 impossible to alter after the fact without the signer's private key.
 
 :func:`check_evidence` recomputes everything that can be recomputed from the file and the key:
-the digest and signature, that the key is the committed one, that every request holds
-exactly the key samples and decoys the key's commitment puts there (so no query was left
-out or reordered), that every image hash is that image's, that each answer was scored
-right, the control group's tests, and the verdict and p-value from the counts. It also
-verifies the key's RFC 3161 time stamp, if it has one, and compares the attested date with
-the date the suspect model was first seen (``first_seen``): a key stamped after the suspect
-existed could have been forged from it. What it cannot re-check is what the
+the digest and signature, that the key is the committed one, that the bytes of every
+request body are what the key's images and the recorded suspect options give (format 3),
+that every request holds exactly the key samples and decoys the key's commitment puts
+there (so no query was left out or reordered), that every image hash is that image's, that
+each answer was scored right, the control group's tests, and the verdict and p-value from
+the counts. It also verifies the key's RFC 3161 time stamp, if it has one, and compares the
+attested date with the date the suspect model was first seen (``first_seen``): a key stamped
+after the suspect existed could have been forged from it. What it cannot re-check is what the
 suspect really answered: the file records the answers, the signature vouches for who wrote
 them, and the time stamps for when.
 """
@@ -30,11 +31,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ownmark import __version__
 from ownmark.calibrate import guarantee
 from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
+from ownmark.schemes import answer_matches
 from ownmark.verify.verifier import (
     ControlResult,
     QueryRecord,
@@ -50,7 +54,10 @@ from ownmark.verify.verifier import (
 )
 
 EVIDENCE_FORMAT = "ownmark-evidence"
-EVIDENCE_FORMAT_VERSION = "2"
+#: 3 adds the suspect's options (``suspect.options``) and the digest of every request body
+#: (``wire``); files of format 2 are still read and checked, without the bytes.
+EVIDENCE_FORMAT_VERSION = "3"
+READABLE_FORMAT_VERSIONS = ("2", "3")
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -92,6 +99,7 @@ def build_evidence(
             "address": result.suspect,
             "protocol": result.protocol,
             "transport": result.transport,
+            "options": result.options,
             "first_seen": first_seen,
         },
         "test": {
@@ -107,6 +115,7 @@ def build_evidence(
         "started": result.started,
         "finished": result.finished,
         "queries": [asdict(record) for record in result.records],
+        "wire": result.wire,
         "result": {
             "verdict": result.verdict.value,
             "p_value": result.p_value,
@@ -130,6 +139,7 @@ def render_report(doc: dict[str, Any]) -> str:
         f"# Ownership verification: {res['verdict'].upper()}",
         "",
         f"- suspect: {doc['suspect']['address']} ({doc['suspect']['protocol']})",
+        _options_line(doc["suspect"].get("options")),
         f"- key: commitment `{key['commitment']}`, created {key['created']}, "
         f"{key['scheme']} scheme, {key['samples']} samples",
         f"- key matches: {res['matches']} of {res['queries']} key queries "
@@ -166,6 +176,17 @@ def render_report(doc: dict[str, Any]) -> str:
         "Re-check with `ownmark evidence check EVIDENCE.json --key KEY` (needs the key file)."
     )
     return "\n".join(lines) + "\n"
+
+
+def _options_line(options: dict[str, Any] | None) -> str:
+    """The suspect's request options in one line (labels counted, not listed)."""
+    if not options:
+        return "- request options: none recorded"
+    shown = dict(options)
+    if isinstance(shown.get("labels"), list):
+        shown["labels"] = f"{len(shown['labels'])} names"
+    text = json.dumps(shown, sort_keys=True, ensure_ascii=True).replace("|", "/")
+    return f"- request options: `{text}`"
 
 
 def _control_line(control: dict[str, Any] | None) -> str:
@@ -299,6 +320,12 @@ def load_evidence(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise EvidenceError(f"{path} is not a readable JSON evidence file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != EVIDENCE_FORMAT:
         raise EvidenceError(f"{path} is not an ownmark evidence file (no '{EVIDENCE_FORMAT}' tag)")
+    version = doc.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise EvidenceError(
+            f"{path} has evidence format {version!r}; this ownmark reads formats "
+            f"{', '.join(READABLE_FORMAT_VERSIONS)} (upgrade ownmark to read newer files)"
+        )
     return doc
 
 
@@ -391,6 +418,7 @@ def check_evidence(
     _check_signature(doc, check, _public_key_hex(public_key) if public_key else None)
     try:
         _check_content(doc, key, check)
+        _check_wire(doc, key, check)
         _check_dates(doc, key, check, trusted_tsa_certs)
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         check.problems.append(f"the evidence is malformed ({type(exc).__name__}: {exc})")
@@ -487,9 +515,10 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
             check.problems.append(f"{r.role} {r.index}: image hash differs from the key's image")
         key_label = int((key.labels if r.role == "key" else key.decoy_key_labels)[r.index])
         if r.error is None:
-            _, label, error = score_answer(r.answer, key.num_classes)
+            _, label, error = score_answer(r.answer, key.model_classes)
             correct = None if r.role == "key" else label == int(key.decoy_labels[r.index])
-            if error is not None or (label == key_label) != r.matched or correct != r.correct:
+            matched = answer_matches(key, label, key_label)
+            if error is not None or matched != r.matched or correct != r.correct:
                 check.problems.append(f"{r.role} {r.index}: answer {r.answer!r} mis-scored")
         elif r.matched or r.correct:
             check.problems.append(f"{r.role} {r.index}: a failed query was counted as answered")
@@ -562,6 +591,66 @@ def _check_layout(
             return
         sent += len(rows)
         cursor += len(items) - len(rows)
+
+
+def _check_wire(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> None:
+    """Rebuild every request body from the key's images and the recorded options and compare
+    its SHA-256 with the recorded one: the options in the file are the ones the bytes were
+    made with, and the images sent are the key's, in the recorded order."""
+    if doc["format_version"] == "2":
+        check.notes.append(
+            "evidence format 2 records no request bodies; the bytes sent were not re-derived"
+        )
+        return
+    from ownmark.verify.remote import request_bodies
+
+    suspect = doc["suspect"]
+    protocol, options = str(suspect["protocol"]), suspect["options"]
+    if protocol == "local":
+        return  # a model in the verifier's process: nothing went over a wire
+    if not options:
+        check.notes.append(
+            f"the {protocol} suspect recorded no options (a suspect object of the caller's "
+            "own), so the bytes sent were not re-derived"
+        )
+        return
+    requests: dict[int, list[QueryRecord]] = {}
+    for q in doc["queries"]:
+        record = QueryRecord(**q)
+        requests.setdefault(record.request, []).append(record)
+    wire = doc["wire"]
+    if [int(w["request"]) for w in wire] != sorted(requests):
+        check.problems.append("the recorded request bodies do not match the requests")
+        return
+    for entry in wire:
+        number, bodies = int(entry["request"]), list(entry["bodies"])
+        records = requests[number]
+        images = [
+            (key.images if r.role == "key" else key.decoys)[r.index]
+            for r in records
+            if 0 <= r.index < len(key.images if r.role == "key" else key.decoys)
+        ]
+        if len(images) != len(records):
+            return  # an index outside the key, reported by the content check
+        batch = torch.stack(images).numpy()
+        expected = request_bodies(protocol, options, batch, [b.get("id") for b in bodies])
+        if expected is None:
+            continue
+        failed = any(r.error is not None for r in records)
+        # A request that failed part-way sent only its first bodies.
+        complete = len(bodies) == len(expected) or (failed and len(bodies) < len(expected))
+        digests = [hashlib.sha256(body).hexdigest() for body in expected[: len(bodies)]]
+        if not complete or digests != [b["sha256"] for b in bodies]:
+            check.problems.append(
+                f"request {number}: the bytes sent are not what the key's images and the "
+                f"recorded {protocol} options give"
+            )
+            return
+    if protocol not in ("v2", "template", "torchserve"):
+        check.notes.append(
+            f"the {protocol} suspect's request bytes are not ownmark's to re-derive (a local "
+            "model or a Python adapter); only its options are recorded"
+        )
 
 
 def _close(a: float, b: float) -> bool:

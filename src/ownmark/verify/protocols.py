@@ -3,7 +3,8 @@
 Everything that was public here is re-exported, so ``from ownmark.verify.protocols import
 V2Suspect`` and the like keep working. New code should import from
 :mod:`ownmark.verify.remote` (or its modules: ``policy``, ``transport``, ``deadline``,
-``answers``, ``base``, ``v2``, ``template``, ``python_adapter``).
+``answers``, ``base``, ``encoding``, ``v2``, ``torchserve``, ``template``,
+``python_adapter``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from ownmark.verify.remote import (
     Answer,
     CallableSuspect,
     HttpPolicy,
+    InputEncoding,
     QueryError,
     TemplateSuspect,
+    TorchServeSuspect,
     V2Suspect,
+    WireFormat,
     load_adapter,
     normalize_answers,
     open_suspect,
+    parse_torchserve_answer,
     parse_v2_response,
+    read_labels,
 )
 
 __all__ = [
@@ -33,11 +39,16 @@ __all__ = [
     "Answer",
     "CallableSuspect",
     "HttpPolicy",
+    "InputEncoding",
     "QueryError",
     "TemplateSuspect",
+    "TorchServeSuspect",
     "V2Suspect",
+    "WireFormat",
     "load_adapter",
     "normalize_answers",
     "open_suspect",
+    "parse_torchserve_answer",
     "parse_v2_response",
+    "read_labels",
 ]

@@ -37,8 +37,9 @@ import torch
 
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
+from ownmark.schemes import answer_matches
 from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, fisher_one_sided
-from ownmark.verify.suspects import InvalidAnswer, Suspect
+from ownmark.verify.suspects import InvalidAnswer, QueryOnly, Suspect, as_suspect
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,10 @@ class VerificationResult:
     records: list[QueryRecord] = field(default_factory=list)
     #: what the suspect's client counted (HTTP requests incl. retries and metadata, ...).
     transport: dict[str, int] = field(default_factory=dict)
+    #: every option that shaped the requests (encoding, names, template, labels, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: per request: the SHA-256 (and id) of each body sent, for ``evidence check``.
+    wire: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def watermark_accuracy(self) -> float:
@@ -218,6 +223,7 @@ class VerificationResult:
             "suspect": self.suspect,
             "protocol": self.protocol,
             "transport": self.transport,
+            "options": self.options,
         }
 
 
@@ -373,10 +379,11 @@ class RequestLayout:
 
 def verify_ownership(
     key: KeySet,
-    suspect: Suspect,
+    suspect: Suspect | QueryOnly,
     config: VerifyConfig | None = None,
     *,
     on_request: Callable[[int, int, int], None] | None = None,
+    test: BinomialTest | None = None,
     **overrides: Any,
 ) -> VerificationResult:
     """Query ``suspect`` with the key samples and its decoys and decide ownership.
@@ -388,13 +395,17 @@ def verify_ownership(
         config: how to verify; keyword ``overrides`` replace single fields, e.g.
             ``verify_ownership(key, suspect, alpha=1e-3)``.
         on_request: called after each request with (requests, key queries, matches).
+        test: the test :func:`plan_test` made for ``key`` and this config, when the caller
+            has planned it already (default None: planned here), so it is planned once.
 
     Returns:
         The verdict, the statistics and a record of every query. "owned" needs the binomial
         test to reach alpha **and** the control group to pass.
     """
     config = VerifyConfig(**{**asdict(config or VerifyConfig()), **overrides})
-    test = plan_test(key, config)
+    test = plan_test(key, config) if test is None else test
+    suspect = as_suspect(suspect)
+    wire: list[dict[str, Any]] = []
     layout = RequestLayout(key, config)
     records: list[QueryRecord] = []
     started = _now()
@@ -413,6 +424,8 @@ def verify_ownership(
         items = layout.items(rows, requests, decoy_cursor)
         answered = _one_request(key, suspect, items, requests)
         records.extend(answered)
+        sent_bodies = [body.to_dict() for body in suspect.take_sent()]
+        wire.append({"request": requests, "bodies": sent_bodies})
         requests += 1
         sent += len(rows)
         decoy_cursor += len(items) - len(rows)
@@ -454,12 +467,10 @@ def verify_ownership(
         control=control,
         key_commitment=layout.commitment,
         suspect=suspect.address,
-        protocol=str(getattr(suspect, "protocol", "python")),
-        transport={
-            name: int(getattr(suspect, name))
-            for name in ("requests_sent", "images_sent", "retries_done")
-            if isinstance(getattr(suspect, name, None), int)
-        },
+        protocol=suspect.protocol,
+        transport=asdict(suspect.counters),
+        options=suspect.options(),
+        wire=wire,
         started=started,
         finished=_now(),
         records=records,
@@ -512,7 +523,7 @@ def _one_request(
         if failure is not None:
             shown, label, error = None, None, failure
         else:
-            shown, label, error = score_answer(answers[position], key.num_classes)
+            shown, label, error = score_answer(answers[position], key.model_classes)
         if role == "decoy":
             correct = label is not None and label == int(key.decoy_labels[i])
         records.append(
@@ -522,7 +533,7 @@ def _one_request(
                 index=i,
                 image_sha256=digest,
                 answer=shown,
-                matched=label is not None and label == key_label,
+                matched=answer_matches(key, label, key_label),
                 error=error,
                 sent=sent_at,
                 received=received_at,

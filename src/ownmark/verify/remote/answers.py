@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ from ownmark.errors import ConfigError
 from ownmark.verify.remote.transport import QueryError, _one_line
 from ownmark.verify.suspects import InvalidAnswer, labels_from_scores
 
-__all__ = ["Answer", "normalize_answers"]
+__all__ = ["Answer", "label_from_name", "normalize_answers"]
 
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 
@@ -70,10 +70,29 @@ def _top_labels(rows: Sequence[Sequence[object]], where: Callable[[int], str]) -
     return labels_from_scores(_score_rows(rows, where))
 
 
-def _answer_to_label(value: object, where: str) -> Answer:
-    """A label from one free-form answer: an integer, an integer string, or a row of scores."""
+def label_from_name(name: str, labels: Mapping[str, int] | None) -> Answer:
+    """The class a label name stands for: looked up in ``labels`` (names -> indices), else an
+    integer written as text; any other name is an :class:`InvalidAnswer` (never a match)."""
+    if labels is not None and name in labels:
+        return labels[name]
+    if _INTEGER_TEXT.fullmatch(name.strip()):
+        return int(name)
+    if labels is None:
+        return InvalidAnswer(
+            f"the answer names {_one_line(repr(name), 40)}, not a class index; pass --labels FILE"
+        )
+    return InvalidAnswer(
+        f"the answer names {_one_line(repr(name), 40)}, which is not a known label"
+    )
+
+
+def _answer_to_label(value: object, where: str, labels: Mapping[str, int] | None = None) -> Answer:
+    """A label from one free-form answer: an integer, an integer string, or a row of scores;
+    with ``labels``, also a label name."""
     if isinstance(value, np.ndarray | torch.Tensor):
         value = value.tolist()
+    if isinstance(value, str) and labels is not None:
+        return label_from_name(value, labels)
     if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
         return int(value)
     if isinstance(value, list | tuple):
@@ -84,14 +103,18 @@ def _answer_to_label(value: object, where: str) -> Answer:
     return _as_label(value, where)
 
 
-def normalize_answers(answers: object, count: int) -> list[Answer]:
+def normalize_answers(
+    answers: object, count: int, labels: Mapping[str, int] | None = None
+) -> list[Answer]:
     """Validate free-form answers (from a template or a Python adapter) into ``count`` labels.
 
     Each answer may be an integer label (ints, integer-valued floats, numpy scalars, or a
     string of digits) or a row of at least two scores, taken as its argmax. A numpy array or
     tensor is first turned into lists. A row of scores that ties for the top or holds NaN or
     ±inf (``Infinity`` in JSON, or a number too large for a float) names no class: that
-    image's answer is an :class:`~ownmark.verify.suspects.InvalidAnswer`.
+    image's answer is an :class:`~ownmark.verify.suspects.InvalidAnswer`. With ``labels``
+    (name -> index, default None) an answer may also be a label name; a name not among them
+    is an InvalidAnswer too.
 
     Raises:
         QueryError: not a list of ``count`` answers, or an answer is not a label or scores.
@@ -104,7 +127,7 @@ def normalize_answers(answers: object, count: int) -> list[Answer]:
         )
     if len(answers) != count:
         raise QueryError(f"expected {count} answers, got {len(answers)}")
-    return [_answer_to_label(value, f"answer {i}") for i, value in enumerate(answers)]
+    return [_answer_to_label(value, f"answer {i}", labels) for i, value in enumerate(answers)]
 
 
 def _image_batch(images: torch.Tensor) -> npt.NDArray[np.uint8]:

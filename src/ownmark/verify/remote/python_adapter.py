@@ -2,7 +2,9 @@
 
 For APIs that need custom code (signing, uploads, odd encodings): a user's function, object
 or factory, loaded from "package.module:attr" or "path/to/file.py:attr", gets the uint8
-images and returns one answer per image, validated by :func:`normalize_answers`.
+images and returns one answer per image, validated by :func:`normalize_answers`. A factory
+gets the suspect's URL and the command line's options, so one adapter serves any endpoint;
+the evidence names the URL as the suspect's address and the adapter separately.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from ownmark.errors import ConfigError
-from ownmark.verify.remote.answers import Answer, _image_batch, normalize_answers
+from ownmark.verify.remote.answers import _image_batch, normalize_answers
+from ownmark.verify.remote.encoding import WireFormat
 from ownmark.verify.remote.transport import _one_line
+from ownmark.verify.suspects import InputSpec, SuspectBase
 
 __all__ = ["Adapter", "CallableSuspect", "load_adapter"]
 
@@ -31,44 +36,79 @@ __all__ = ["Adapter", "CallableSuspect", "load_adapter"]
 Adapter = Callable[[npt.NDArray[np.uint8]], object]
 
 
-class CallableSuspect:
+class CallableSuspect(SuspectBase):
     """A suspect reached through a Python function (or anything :func:`load_adapter` returns).
 
     ``fn`` gets a uint8 N×C×H×W numpy array (a copy) and returns one answer per image:
-    labels or rows of scores (see :func:`normalize_answers`). Its exceptions propagate; the
-    verifier records them as errors.
+    labels or rows of scores (see :func:`normalize_answers`), or label names with
+    ``wire.labels``. Its exceptions propagate; the verifier records them as errors.
 
     Args:
         fn: the adapter.
-        address: how the suspect is named in results (default "python adapter").
+        address: the suspect's address, as the evidence names it (default "python adapter";
+            the CLI passes ``--url``).
+        adapter: the adapter's spec ("file.py:attr"), recorded beside the address (default
+            None).
+        wire: the options given on the command line (default :class:`WireFormat`); the
+            adapter got them when it was made (:func:`load_adapter`), and ``labels`` map
+            the names it answers to classes.
     """
 
     protocol = "python"
 
-    def __init__(self, fn: Adapter, address: str = "python adapter") -> None:
+    def __init__(
+        self,
+        fn: Adapter,
+        address: str = "python adapter",
+        *,
+        adapter: str | None = None,
+        wire: WireFormat | None = None,
+    ) -> None:
         if not callable(fn):
             raise ConfigError(f"the adapter must be callable, got {type(fn).__name__}")
+        super().__init__(address)
         self._fn = fn
-        self._address = address
-        self.requests_sent = 0
-        self.images_sent = 0
-        self.retries_done = 0
+        self._adapter = adapter
+        self._wire = wire if wire is not None else WireFormat()
+        self._labels = self._wire.label_index()
 
     @property
-    def address(self) -> str:
-        return self._address
+    def requests_sent(self) -> int:
+        return self.counters.requests_sent
 
-    def query(self, images: torch.Tensor) -> list[Answer]:
+    @property
+    def images_sent(self) -> int:
+        return self.counters.images_sent
+
+    @property
+    def retries_done(self) -> int:
+        return 0
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self._wire.encoding.to_dict())
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "adapter": self._adapter,
+            "encoding": self._wire.encoding.to_dict(),
+            "input_name": self._wire.input_name,
+            "output_name": self._wire.output_name,
+            "answer": self._wire.answer,
+            "max_batch": self._wire.max_batch,
+            "labels": None if self._wire.labels is None else list(self._wire.labels),
+        }
+
+    def check_input(self, image_shape: tuple[int, int, int]) -> None:
+        """The encoding the adapter was given must fit the images."""
+        self._wire.encoding.image_shape(image_shape)
+
+    def _answer(self, images: torch.Tensor) -> Sequence[object]:
         batch = _image_batch(images)
         count = int(batch.shape[0])
         if count == 0:
             return []
-        self.requests_sent += 1
-        self.images_sent += count
-        return normalize_answers(self._fn(batch), count)
-
-    def close(self) -> None:
-        """Nothing to release; here so every suspect can be closed alike."""
+        return normalize_answers(self._fn(batch), count, self._labels)
 
     def __enter__(self) -> CallableSuspect:
         return self
@@ -120,17 +160,30 @@ def _import_module(name: str) -> object:
         ) from exc
 
 
-def _required_arguments(fn: Callable[..., object]) -> int | None:
-    """How many arguments ``fn`` requires, or None when Python cannot tell (builtins)."""
+#: What a factory may take, by name: the suspect's URL and the command line's options.
+_FACTORY_ARGUMENTS: Final = ("url", "options")
+
+
+def _factory_arguments(fn: Callable[..., object]) -> tuple[set[str], set[str]] | None:
+    """(required, accepted) names among :data:`_FACTORY_ARGUMENTS` when ``fn`` is a factory:
+    every argument it requires is one of them. None when it requires others, or when Python
+    cannot tell (builtins)."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(
-        p.kind in kinds and p.default is inspect.Parameter.empty
-        for p in signature.parameters.values()
-    )
+    required: set[str] = set()
+    accepted: set[str] = set()
+    for parameter in signature.parameters.values():
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if parameter.name in _FACTORY_ARGUMENTS:
+            accepted.add(parameter.name)
+        if parameter.default is inspect.Parameter.empty:
+            if parameter.name not in _FACTORY_ARGUMENTS:
+                return None
+            required.add(parameter.name)
+    return required, accepted
 
 
 def _as_adapter(obj: object, spec: str, made: bool) -> Adapter:
@@ -143,21 +196,26 @@ def _as_adapter(obj: object, spec: str, made: bool) -> Adapter:
     raise ConfigError(f"adapter {spec!r} {what}, not a callable or an object with .query()")
 
 
-def load_adapter(spec: str) -> Adapter:
+def load_adapter(
+    spec: str, *, url: str | None = None, options: WireFormat | None = None
+) -> Adapter:
     """Load a Python adapter from "package.module:attr" or "path/to/file.py:attr".
 
     ``attr`` may be dotted ("module:Class.method") and names one of:
 
     * a function taking the images (see :class:`CallableSuspect`): used as is;
     * an object with a ``.query(images)`` method: its ``.query`` is used;
-    * a class, or a factory function taking no arguments: it is called once and its
-      result (an object with ``.query``, or a callable) is used.
+    * a class, or a factory function: it is called once and its result (an object with
+      ``.query``, or a callable) is used. It gets, as keyword arguments, those of ``url``
+      (the suspect's address, ``--url``) and ``options`` (the :class:`WireFormat` of the
+      command line's ``--input-datatype``, ``--scale``, ``--labels``, ...) that it takes.
 
-    A function is taken as a factory exactly when it requires no arguments.
+    A function is taken as a factory exactly when every argument it requires is named
+    ``url`` or ``options`` (so one that requires none is a factory too).
 
     Raises:
         ConfigError: the spec is malformed, or the module, file or attribute is missing, or
-            what it names cannot answer queries.
+            what it names cannot answer queries, or it needs a URL and none was given.
     """
     where, colon, attr = spec.rpartition(":")
     if not colon or not where or not attr:
@@ -172,13 +230,22 @@ def load_adapter(spec: str) -> Adapter:
             raise ConfigError(f"adapter {where!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     made = False
-    if inspect.isclass(obj) or (inspect.isroutine(obj) and _required_arguments(obj) == 0):
+    factory = _factory_arguments(obj) if callable(obj) else None
+    if factory is not None and (inspect.isclass(obj) or inspect.isroutine(obj)):
+        required, accepted = factory
+        if "url" in required and url is None:
+            raise ConfigError(f"the adapter {spec!r} needs the suspect's URL; pass --url")
+        given: dict[str, object] = {"url": url, "options": options or WireFormat()}
+        kwargs = {name: given[name] for name in accepted if given[name] is not None}
         made = True
         try:
-            obj = obj()
+            obj = obj(**kwargs)
         except Exception as exc:
             raise ConfigError(
-                f"cannot create the adapter {spec!r} without arguments: "
-                f"{type(exc).__name__}: {_one_line(exc)}"
+                f"cannot create the adapter {spec!r}: {type(exc).__name__}: {_one_line(exc)}"
             ) from exc
+    elif inspect.isclass(obj):
+        raise ConfigError(
+            f"cannot create the adapter {spec!r} without arguments other than url and options"
+        )
     return _as_adapter(obj, spec, made)

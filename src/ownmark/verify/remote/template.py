@@ -1,40 +1,49 @@
 """Any other JSON API, described by a template: :class:`TemplateSuspect`.
 
 The template language says where the images go in the request (the string ``"$images"``
-anywhere in the body, encoded ``nested``, ``flat`` or ``png_base64``) and where the answers
-are in the response (a dotted path, ``*`` mapping over a list). Templates are checked when
-read, with every problem naming its field.
+anywhere in the body, encoded ``nested``, ``flat`` or ``png_base64``; ``"$batch"`` becomes
+the number of images in the request) and where the answers are in the response (a dotted
+path, ``*`` mapping over a list). Templates are checked when read, with every problem naming
+its field. Pixel scaling, normalisation, layout, the request size and label names come from
+:class:`~ownmark.verify.remote.encoding.WireFormat` (the command line's options).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ownmark.errors import ConfigError
 from ownmark.verify.remote.answers import Answer, normalize_answers
-from ownmark.verify.remote.base import _check_url, _HttpSuspect
+from ownmark.verify.remote.base import _check_url, _check_wire, _chunks, _HttpSuspect
+from ownmark.verify.remote.encoding import InputEncoding, WireFormat, png_bytes
 from ownmark.verify.remote.policy import _DEFAULT_POLICY, HttpPolicy
-from ownmark.verify.remote.transport import Clock, QueryError, Sleep, _one_line, _reason
+from ownmark.verify.remote.transport import (
+    Clock,
+    QueryError,
+    Sleep,
+    _one_line,
+    _reason,
+    json_bytes,
+)
 
-__all__ = ["ENCODINGS", "TemplateSuspect"]
+__all__ = ["ENCODINGS", "TemplateSuspect", "template_bodies"]
 
 #: How a :class:`TemplateSuspect` puts the image batch into the request body.
 ENCODINGS: Final = ("nested", "flat", "png_base64")
-_TEMPLATE_FIELDS: Final = ("url", "method", "headers", "encoding", "body", "answers")
+_TEMPLATE_FIELDS: Final = ("url", "method", "headers", "encoding", "body", "answers", "max_batch")
 _IMAGES: Final = "$images"
+_BATCH: Final = "$batch"
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,18 @@ class _Template:
     encoding: str
     body: object
     answers: tuple[str, ...]
+    max_batch: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the URL and header values (which may hold credentials)."""
+        return {
+            "method": self.method,
+            "header_names": [name for name, _ in self.headers],
+            "encoding": self.encoding,
+            "body": self.body,
+            "answers": ".".join(self.answers),
+            "max_batch": self.max_batch,
+        }
 
 
 def _read_template(template: Mapping[str, Any] | str | os.PathLike[str]) -> _Template:
@@ -111,30 +132,52 @@ def _read_template(template: Mapping[str, Any] | str | os.PathLike[str]) -> _Tem
     segments = tuple(answers.split(".")) if answers else ()
     if any(not s for s in segments):
         raise bad("answers", f"{answers!r} has an empty step; write e.g. 'predictions.*.label'")
-    return _Template(url, method.upper(), tuple(headers.items()), encoding, body, segments)
+    max_batch = raw.get("max_batch")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise bad("max_batch", f"must be a whole number of images, 1 or more, got {max_batch!r}")
+    return _Template(
+        url, method.upper(), tuple(headers.items()), encoding, body, segments, max_batch
+    )
 
 
-def _encode_images(batch: npt.NDArray[np.uint8], encoding: str) -> object:
-    if encoding == "nested":
-        return batch.tolist()
-    if encoding == "flat":
-        return batch.reshape(-1).tolist()
-    from PIL import Image  # only this encoding needs Pillow
+def _template_from_record(doc: dict[str, Any]) -> _Template:
+    """The template an evidence file describes (see :meth:`_Template.describe`)."""
+    return _read_template(
+        {
+            "method": doc["method"],
+            "encoding": doc["encoding"],
+            "body": doc["body"],
+            "answers": doc["answers"],
+            "max_batch": doc["max_batch"],
+        }
+    )
 
-    channels = batch.shape[1]
-    if channels not in (1, 3, 4):
-        raise ConfigError(
-            f"png_base64 needs images with 1, 3 or 4 channels, got {channels}; "
-            "use the nested or flat encoding"
-        )
-    encoded: list[str] = []
-    for image in batch:
-        # Pillow wants H×W (mode L) or H×W×C (RGB, RGBA).
-        pixels = image[0] if channels == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return encoded
+
+def _encode_images(batch: npt.NDArray[np.uint8], encoding: str, tensor: InputEncoding) -> object:
+    if encoding == "png_base64":
+        if not tensor.is_default:
+            raise ConfigError(
+                "png_base64 sends the images' own pixels; --input-datatype, --scale, --mean, "
+                "--std, --layout and --input-shape apply to the nested and flat encodings"
+            )
+        return [base64.b64encode(png_bytes(image)).decode("ascii") for image in batch]
+    encoded = tensor.encode(batch)
+    return encoded.tolist() if encoding == "nested" else encoded.reshape(-1).tolist()
+
+
+def template_bodies(
+    batch: npt.NDArray[np.uint8], template: _Template, tensor: InputEncoding
+) -> list[bytes]:
+    """The request bodies for uint8 images ``batch``, one per ``template.max_batch`` images:
+    what :class:`TemplateSuspect` sends and ``evidence check`` rebuilds."""
+    bodies = []
+    for start, stop in _chunks(int(batch.shape[0]), template.max_batch):
+        part = batch[start:stop]
+        filled = _fill(template.body, _encode_images(part, template.encoding, tensor), stop - start)
+        bodies.append(json_bytes(filled))
+    return bodies
 
 
 def _mentions_images(body: object) -> bool:
@@ -145,14 +188,17 @@ def _mentions_images(body: object) -> bool:
     return isinstance(body, list) and any(_mentions_images(value) for value in body)
 
 
-def _fill(body: object, images: object) -> object:
-    """``body`` with every string "$images" replaced by the encoded batch."""
+def _fill(body: object, images: object, count: int) -> object:
+    """``body`` with every string "$images" replaced by the encoded batch and every "$batch"
+    by the number of images in it."""
     if body == _IMAGES:
         return images
+    if body == _BATCH:
+        return count
     if isinstance(body, dict):
-        return {key: _fill(value, images) for key, value in body.items()}
+        return {key: _fill(value, images, count) for key, value in body.items()}
     if isinstance(body, list):
-        return [_fill(value, images) for value in body]
+        return [_fill(value, images, count) for value in body]
     return body
 
 
@@ -187,20 +233,27 @@ class TemplateSuspect(_HttpSuspect):
 
     * ``url``: where to send the batch [required unless ``url`` is passed here];
     * ``method``: POST or PUT [POST];
-    * ``headers``: extra headers, e.g. ``{"X-Api-Key": "..."}`` [none];
-    * ``encoding``: how images are sent [nested]: ``nested`` (N×C×H×W lists of ints),
-      ``flat`` (one row-major list) or ``png_base64`` (one base64 PNG per image: mode L for
-      1 channel, RGB for 3, RGBA for 4);
+    * ``headers``: extra headers, e.g. ``{"X-Api-Key": "..."}`` [none]; the evidence records
+      their names, never their values;
+    * ``encoding``: how images are sent [nested]: ``nested`` (N×C×H×W lists of numbers, or
+      the shape and values ``wire.encoding`` gives), ``flat`` (one row-major list) or
+      ``png_base64`` (one base64 PNG per image: gray for 1 channel, RGB for 3, RGBA for 4);
     * ``body``: the JSON body; the string "$images" anywhere in it becomes the encoded batch
-      [``{"instances": "$images"}``];
+      and "$batch" the number of images in the request [``{"instances": "$images"}``];
     * ``answers``: dotted path to the answers in the response; ``*`` maps over a list and a
       number indexes one, e.g. "labels", "predictions.*.label", "outputs.0.data"
-      [predictions]. See :func:`normalize_answers` for what an answer may be.
+      [predictions]. See :func:`normalize_answers` for what an answer may be; with
+      ``wire.labels`` an answer may also be a label name;
+    * ``max_batch``: most images per request [each query is one request]; ``--max-batch``
+      (``wire.max_batch``) overrides it.
 
     Args:
         template: the template, or the path of its JSON file.
         url: overrides the template's ``url`` (default None).
         policy, client, sleep, clock, seed: as for :class:`V2Suspect`.
+        wire: pixel datatype, scaling, normalisation, layout and shape for the nested and
+            flat encodings, the request size and label names (default :class:`WireFormat`:
+            raw pixels 0..255, NCHW; its v2 fields do not apply).
 
     Raises:
         ConfigError: the template is invalid (the message names the field).
@@ -218,33 +271,48 @@ class TemplateSuspect(_HttpSuspect):
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         seed: int = 0,
+        wire: WireFormat | None = None,
     ) -> None:
-        self._template = _read_template(template)
+        parsed = _read_template(template)
+        wire = _check_wire(wire)
+        if wire.max_batch is not None:
+            parsed = replace(parsed, max_batch=wire.max_batch)
+        if parsed.encoding == "png_base64" and not wire.encoding.is_default:
+            _encode_images(np.zeros((0, 1, 1, 1), np.uint8), parsed.encoding, wire.encoding)
         if url is not None:
             _check_url(url, "suspect URL")
-        target = url if url is not None else self._template.url
+        target = url if url is not None else parsed.url
         if target is None:
             raise ConfigError("the template has no field 'url'; add it or give the URL")
-        super().__init__(policy, client, sleep, clock, seed)
+        super().__init__(policy, client, sleep, clock, seed, wire.encoding)
+        self._template = parsed
+        self._wire = wire
+        self._labels = wire.label_index()
         self._url = target
 
     @property
     def address(self) -> str:
         return self._url
 
-    def query(self, images: torch.Tensor) -> list[Answer]:
-        """One label per image, from one request.
+    def options(self) -> dict[str, Any]:
+        return {
+            "template": self._template.describe(),
+            "encoding": self._wire.encoding.to_dict(),
+            "labels": None if self._wire.labels is None else list(self._wire.labels),
+        }
 
-        Raises:
-            ConfigError: ``images`` is not a uint8 N×C×H×W tensor.
-            QueryError: the request failed or the answer is invalid.
-        """
-        batch = self._take(images)
-        if batch is None:
-            return []
-        count = int(batch.shape[0])
-        body = _fill(self._template.body, _encode_images(batch, self._template.encoding))
-        payload = self._transport.request(
-            self._template.method, self._url, body=body, headers=dict(self._template.headers)
-        )
-        return normalize_answers(_follow(payload, self._template.answers), count)
+    def _answer(self, batch: npt.NDArray[np.uint8]) -> list[Answer]:
+        answers: list[Answer] = []
+        spans = _chunks(int(batch.shape[0]), self._template.max_batch)
+        bodies = template_bodies(batch, self._template, self._wire.encoding)
+        for (start, stop), content in zip(spans, bodies, strict=True):
+            self._record(content)
+            payload = self._transport.request(
+                self._template.method,
+                self._url,
+                content=content,
+                headers=dict(self._template.headers),
+            )
+            found = _follow(payload, self._template.answers)
+            answers += normalize_answers(found, stop - start, self._labels)
+        return answers

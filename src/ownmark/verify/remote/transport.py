@@ -29,7 +29,7 @@ from ownmark.errors import ConfigError, OwnmarkError
 from ownmark.verify.remote.deadline import _Deadline, _DeadlineTransport
 from ownmark.verify.remote.policy import _MIB, HttpPolicy
 
-__all__ = ["Clock", "QueryError", "Sleep"]
+__all__ = ["Clock", "QueryError", "Sleep", "json_bytes"]
 
 _MESSAGE_CHARS = 200  # server text quoted in an error message is cut to this length
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -85,9 +85,9 @@ class _Failure:
 
 @dataclass(frozen=True)
 class _Answer:
-    """The decoded JSON of a successful attempt."""
+    """The body of a successful attempt."""
 
-    payload: object
+    payload: bytes
 
 
 class _Expired(Exception):
@@ -142,19 +142,25 @@ class _Transport:
         url: str,
         *,
         body: object = None,
+        content: bytes | None = None,
+        content_type: str = "application/json",
         headers: Mapping[str, str] | None = None,
+        raw: bool = False,
     ) -> object:
-        """Send a request and return the answer's decoded JSON.
+        """Send a request and return the answer's decoded JSON (its bytes with ``raw``).
+
+        ``body`` is sent as compact JSON (:func:`json_bytes`); ``content`` is sent as it is,
+        with ``content_type``, so that a caller that records the bytes sends exactly those.
 
         Raises:
-            QueryError: the request failed for good, the answer is not JSON or too large, or
-                the time budget is spent.
+            QueryError: the request failed for good, the answer is not JSON (unless ``raw``)
+                or too large, or the time budget is spent.
         """
-        content = None
         send_headers = self._headers(headers or {})
         if body is not None:
-            content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-            send_headers["Content-Type"] = "application/json"
+            content = json_bytes(body)
+        if content is not None:
+            send_headers["Content-Type"] = content_type
         attempt = 0
         while True:
             self._check_budget()
@@ -162,7 +168,7 @@ class _Transport:
             self.requests_sent += 1
             outcome = self._attempt(method, url, content, send_headers)
             if isinstance(outcome, _Answer):
-                return outcome.payload
+                return outcome.payload if raw else _decode_json(outcome.payload, url)
             if not outcome.retry or attempt >= self.policy.retries:
                 raise QueryError(outcome.message(attempt))
             wait = outcome.wait if outcome.wait is not None else self._backoff(attempt)
@@ -293,7 +299,7 @@ class _Transport:
             return _redirect_failure(response, url)
         if response.is_success:
             limit = self.policy.max_response_bytes
-            return _Answer(_decode_json(_read_body(response, url, limit, expires), url))
+            return _Answer(_read_body(response, url, limit, expires))
         text = _read_body(response, url, _ERROR_BODY_BYTES, expires, truncate=True)
         return self._http_failure(status, response.headers, text, url)
 
@@ -396,6 +402,11 @@ def _read_body(
             f"the answer from {url} is not valid {encoding} ({_one_line(exc, 80)})"
         ) from exc
     return b"".join(parts)
+
+
+def json_bytes(body: object) -> bytes:
+    """``body`` as the compact JSON bytes every JSON request sends (and evidence re-derives)."""
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _origin_of(url: str) -> tuple[str, str, int | None] | None:

@@ -3,7 +3,9 @@
 Spoken by ``ownmark serve``, Triton, KServe and MLServer. :func:`parse_v2_response` picks the
 output that holds the prediction (labels, top-k labels or a score matrix) and cross-checks it
 against the other outputs of the same answer; :class:`V2Suspect` builds the URLs from a
-server or model address, sends infer requests and checks the model's declared input.
+server or model address, encodes the images as the deployment wants them (datatype, scaling,
+normalisation, layout, shape: :class:`~ownmark.verify.remote.encoding.WireFormat`), sends
+infer requests and checks the model's declared input.
 """
 
 from __future__ import annotations
@@ -13,21 +15,30 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from ownmark.errors import ConfigError
 from ownmark.verify.remote.answers import Answer, _as_label, _score_rows, _top_labels
-from ownmark.verify.remote.base import _check_url, _HttpSuspect
+from ownmark.verify.remote.base import (
+    _check_url,
+    _check_wire,
+    _chunks,
+    _HttpSuspect,
+    _model_from_url,
+)
+from ownmark.verify.remote.encoding import WireFormat
 from ownmark.verify.remote.policy import _DEFAULT_POLICY, HttpPolicy
-from ownmark.verify.remote.transport import Clock, QueryError, Sleep, _one_line
+from ownmark.verify.remote.transport import Clock, QueryError, Sleep, _one_line, json_bytes
 from ownmark.verify.suspects import InvalidAnswer, labels_from_scores
 
-__all__ = ["ANSWER_KINDS", "V2Suspect", "parse_v2_response"]
+__all__ = ["ANSWER_KINDS", "V2Suspect", "parse_v2_response", "v2_bodies"]
 
 #: Which output of a v2 answer holds the prediction (see :func:`parse_v2_response`).
 ANSWER_KINDS: Final = ("auto", "label", "topk", "probabilities")
@@ -237,8 +248,30 @@ def _screen(answers: list[Answer], chosen: _Output, outputs: Sequence[_Output]) 
     return screened
 
 
+def _named_kind(output: _Output, answer: str) -> str:
+    """The kind of a named output: ``answer``, or under "auto" what its type and shape say."""
+    if answer != "auto":
+        return answer
+    shape = output.shape
+    if output.datatype in _INT_TYPES and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        return "label"
+    if output.name.lower() == "topk_labels":
+        return "topk"
+    if output.datatype in _FLOAT_TYPES and len(shape) == 2 and shape[1] >= 2:
+        return "probabilities"
+    raise QueryError(
+        f"output {_one_line(output.name, 40)!r} is {output.datatype} {list(shape)}, neither "
+        "integer labels [N] nor scores [N, K]; pass --answer label, topk or probabilities"
+    )
+
+
 def parse_v2_response(
-    payload: object, count: int, answer: str = "auto", *, request_id: str | None = None
+    payload: object,
+    count: int,
+    answer: str = "auto",
+    *,
+    request_id: str | None = None,
+    output_name: str | None = None,
 ) -> list[Answer]:
     """The ``count`` labels in an Open Inference Protocol answer (decoded JSON).
 
@@ -251,8 +284,10 @@ def parse_v2_response(
       of shape [N, K], K >= 2, e.g. ``logits``);
     * "auto": the first of these three that the answer has.
 
-    Data may be flat or nested. ``request_id``, when given, must match the answer's ``id``
-    if it has one.
+    ``output_name``, when given, names the output to read (default None: found as above);
+    under "auto" its kind follows from its type and shape (integers [N]: labels; floats
+    [N, K]: scores). Data may be flat or nested. ``request_id``, when given, must match the
+    answer's ``id`` if it has one.
 
     An image gets an :class:`~ownmark.verify.suspects.InvalidAnswer` instead of a label when
     its scores name no class: a row of probabilities whose top score is tied (uniform
@@ -272,6 +307,18 @@ def parse_v2_response(
             f"unknown answer kind {answer!r}; choose one of {', '.join(ANSWER_KINDS)}"
         )
     outputs = _parse_outputs(payload, request_id)
+    if output_name is not None:
+        named = [o for o in outputs if o.name == output_name]
+        if len(named) != 1:
+            described = ", ".join(o.describe() for o in outputs) or "no outputs"
+            how = "several outputs" if named else "no output"
+            raise QueryError(
+                f"the answer has {how} named {_one_line(output_name, 40)!r} "
+                f"(outputs: {_one_line(described)}); check --output-name"
+            )
+        kind = _named_kind(named[0], answer)
+        answers = _decode(kind, named[0], count)
+        return answers if kind == "probabilities" else _screen(answers, named[0], outputs)
     kinds = ("label", "topk", "probabilities") if answer == "auto" else (answer,)
     for kind in kinds:
         found = _candidates(outputs, kind)
@@ -303,6 +350,39 @@ _MODEL_PATH = re.compile(
 )
 
 
+def v2_bodies(
+    batch: npt.NDArray[np.uint8], wire: WireFormat, request_ids: Sequence[str]
+) -> list[bytes]:
+    """The infer request bodies for uint8 images ``batch``, one per ``wire.max_batch`` images
+    (the ``i``-th with id ``request_ids[i]``): what :class:`V2Suspect` sends and
+    ``evidence check`` rebuilds.
+
+    Raises:
+        ConfigError: ``request_ids`` does not give one id per request, or the encoding does
+            not fit the images.
+    """
+    spans = _chunks(int(batch.shape[0]), wire.max_batch)
+    if len(request_ids) != len(spans):
+        raise ConfigError(f"{len(spans)} requests need {len(spans)} ids, got {len(request_ids)}")
+    tensor = wire.encoding.encode(batch)
+    bodies = []
+    for (start, stop), request_id in zip(spans, request_ids, strict=True):
+        part = tensor[start:stop]
+        body = {
+            "id": request_id,
+            "inputs": [
+                {
+                    "name": wire.input_name,
+                    "shape": list(part.shape),
+                    "datatype": wire.encoding.datatype,
+                    "data": part.reshape(-1).tolist(),
+                }
+            ],
+        }
+        bodies.append(json_bytes(body))
+    return bodies
+
+
 class V2Suspect(_HttpSuspect):
     """A suspect behind an Open Inference Protocol (KServe v2) API.
 
@@ -318,9 +398,14 @@ class V2Suspect(_HttpSuspect):
         sleep, clock: how to wait and tell time (default ``time.sleep``, ``time.monotonic``).
         seed: seeds the backoff jitter (default 0).
         input_name: the model's image input (default "images"; Triton models often say
-            "INPUT__0").
+            "INPUT__0", MLServer "input-0").
+        wire: the tensor's encoding, output name and request size (default
+            :class:`WireFormat`: raw uint8 NCHW, as ``ownmark serve`` takes). Its
+            ``input_name`` and ``answer`` give way to the arguments above when those are
+            not their defaults.
 
-    Each :meth:`query` sends one infer request (the caller batches) with a fresh ``id``.
+    Each :meth:`query` sends one infer request per ``wire.max_batch`` images (default: one
+    per query), each with a fresh ``id``.
     """
 
     protocol = "v2"
@@ -337,6 +422,7 @@ class V2Suspect(_HttpSuspect):
         clock: Clock = time.monotonic,
         seed: int = 0,
         input_name: str = "images",
+        wire: WireFormat | None = None,
     ) -> None:
         _check_url(url, "suspect URL")
         if answer not in ANSWER_KINDS:
@@ -347,31 +433,22 @@ class V2Suspect(_HttpSuspect):
             raise ConfigError(f"model name must be a non-empty string, got {model!r}")
         if not isinstance(input_name, str) or not input_name:
             raise ConfigError(f"input_name must be a non-empty string, got {input_name!r}")
-        parts = urlsplit(url)
-        if parts.query or parts.fragment:
+        wire = _check_wire(wire)
+        if wire.labels is not None:
             raise ConfigError(
-                f"suspect URL {url!r} must not have a query (?...) or fragment (#...)"
+                "--labels applies to the torchserve, template and python protocols; a v2 "
+                "model answers class indices"
             )
-        path = parts.path.rstrip("/")
-        match = _MODEL_PATH.fullmatch(path)
-        version: str | None = None
-        if match is not None:
-            prefix, name = match["prefix"], unquote(match["name"])
-            version = unquote(match["version"]) if match["version"] else None
-            if model is not None and model != name:
-                raise ConfigError(f"the URL names model {name!r} but the model given is {model!r}")
-        elif model is None:
-            raise ConfigError(
-                f"suspect URL {url!r} does not name a model; give the model name "
-                "(--model-name NAME) or a URL ending in /v2/models/NAME"
-            )
-        else:
-            prefix, name = path, model
-        super().__init__(policy, client, sleep, clock, seed)
-        self._answer = answer
-        self._input_name = input_name
+        wire = replace(
+            wire,
+            input_name=input_name if input_name != "images" else wire.input_name,
+            answer=answer if answer != "auto" else wire.answer,
+        )
+        base, name, version = _model_from_url(url, model, _MODEL_PATH, "/v2/models/NAME")
+        super().__init__(policy, client, sleep, clock, seed, wire.encoding)
+        self._wire = wire
         self._model = name
-        self._base = f"{parts.scheme}://{parts.netloc}{prefix}"
+        self._base = base
         self._model_url = f"{self._base}/v2/models/{quote(name, safe='')}"
         if version is not None:
             self._model_url += f"/versions/{quote(version, safe='')}"
@@ -387,6 +464,20 @@ class V2Suspect(_HttpSuspect):
     def model(self) -> str:
         return self._model
 
+    @property
+    def wire(self) -> WireFormat:
+        return self._wire
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "model": self._model,
+            "input_name": self._wire.input_name,
+            "output_name": self._wire.output_name,
+            "answer": self._wire.answer,
+            "max_batch": self._wire.max_batch,
+            "encoding": self._wire.encoding.to_dict(),
+        }
+
     def metadata(self) -> dict[str, Any]:
         """The model's metadata (``GET .../v2/models/NAME``), fetched once.
 
@@ -400,68 +491,81 @@ class V2Suspect(_HttpSuspect):
             self._metadata = payload
         return self._metadata
 
-    def check_input_shape(self, shape: tuple[int, int, int]) -> None:
-        """Check that the model takes uint8 images of ``shape`` (C, H, W) as it declares.
+    def check_input(self, image_shape: tuple[int, int, int]) -> None:
+        """Check that the model takes images of ``image_shape`` (C, H, W) as encoded.
 
-        A declared size of -1 matches any size; a declared shape of 4 sizes has the batch
-        first.
+        The model's metadata must declare the input (name, datatype, shape, where -1 matches
+        any size and a leading batch size is skipped). Metadata that lists no inputs
+        (MLServer's default) is accepted when the shape is stated (``--input-shape``).
 
         Raises:
-            QueryError: the metadata cannot be fetched or lists no inputs.
-            ConfigError: the model declares another input name, type or shape.
+            QueryError: the metadata cannot be fetched or has no input shape.
+            ConfigError: the model declares another input name, datatype or shape, or lists
+                no inputs and no shape was stated.
         """
+        encoding = self._wire.encoding
+        wanted = encoding.image_shape(image_shape)
         inputs = self.metadata().get("inputs")
         if not isinstance(inputs, list) or not inputs:
-            raise QueryError(f"the model metadata at {self._model_url} lists no inputs")
-        named = [i for i in inputs if isinstance(i, dict) and i.get("name") == self._input_name]
+            if encoding.shape is not None:
+                return  # the owner stated the shape; the metadata has nothing to add
+            raise ConfigError(
+                f"the model metadata at {self._model_url} lists no inputs; state the input "
+                f"shape, e.g. --input-shape {','.join(map(str, wanted))}"
+            )
+        named = [
+            i for i in inputs if isinstance(i, dict) and i.get("name") == self._wire.input_name
+        ]
         if not named:
             found = ", ".join(repr(i.get("name")) for i in inputs if isinstance(i, dict))
             raise ConfigError(
-                f"the model at {self._model_url} has no input named {self._input_name!r} "
-                f"(inputs: {_one_line(found)}); pass the right input name"
+                f"the model at {self._model_url} has no input named {self._wire.input_name!r} "
+                f"(inputs: {_one_line(found)}); pass --input-name NAME"
             )
         declared = named[0].get("shape")
         datatype = named[0].get("datatype")
-        if isinstance(datatype, str) and datatype.upper() != "UINT8":
+        if isinstance(datatype, str) and datatype.upper() != encoding.datatype:
+            hint = f"--input-datatype {datatype.upper()}"
+            if datatype.upper() in ("FP32", "FP16") and encoding.scale == "none":
+                hint += " (and --scale unit if it expects pixels in [0, 1])"
             raise ConfigError(
-                f"the model at {self._model_url} takes {datatype} input, "
-                "but ownmark sends UINT8 images; serve a model that takes uint8 pixels"
+                f"the model at {self._model_url} takes {_one_line(datatype, 20)} input but "
+                f"{encoding.datatype} is set; pass {hint}"
             )
         if not (
             isinstance(declared, list)
             and all(isinstance(d, int) and not isinstance(d, bool) for d in declared)
         ):
             raise QueryError(f"the model metadata at {self._model_url} has no input shape")
-        sizes = declared[1:] if len(declared) == 4 else declared
-        wanted = "×".join(str(s) for s in shape)
-        if len(sizes) != 3 or any(d not in (-1, s) for d, s in zip(sizes, shape, strict=True)):
+        sizes = declared[1:] if len(declared) == len(wanted) + 1 else declared
+        if len(sizes) != len(wanted) or any(
+            d not in (-1, s) for d, s in zip(sizes, wanted, strict=True)
+        ):
+            shown = "×".join(str(s) for s in wanted)
             raise ConfigError(
                 f"the model at {self._model_url} takes images of shape {declared}, but these "
-                f"images are {wanted}; use a key made for this model's input size"
+                f"images are sent as {shown}; use a key made for this model's input size, or "
+                "--layout/--input-shape"
             )
 
-    def query(self, images: torch.Tensor) -> list[Answer]:
-        """The top-1 label for each image, from one infer request.
+    def check_input_shape(self, shape: tuple[int, int, int]) -> None:
+        """Same as :meth:`check_input` (the name it had before)."""
+        self.check_input(shape)
 
-        Raises:
-            ConfigError: ``images`` is not a uint8 N×C×H×W tensor.
-            QueryError: the request failed or the answer is invalid.
-        """
-        batch = self._take(images)
-        if batch is None:
-            return []
-        count = int(batch.shape[0])
-        request_id = f"ownmark-{uuid.uuid4().hex}"
-        body = {
-            "id": request_id,
-            "inputs": [
-                {
-                    "name": self._input_name,
-                    "shape": list(batch.shape),
-                    "datatype": "UINT8",
-                    "data": batch.reshape(-1).tolist(),
-                }
-            ],
-        }
-        payload = self._transport.request("POST", self._infer_url, body=body)
-        return parse_v2_response(payload, count, self._answer, request_id=request_id)
+    def _answer(self, batch: npt.NDArray[np.uint8]) -> list[Answer]:
+        spans = _chunks(int(batch.shape[0]), self._wire.max_batch)
+        ids = [f"ownmark-{uuid.uuid4().hex}" for _ in spans]
+        answers: list[Answer] = []
+        for (start, stop), content, request_id in zip(
+            spans, v2_bodies(batch, self._wire, ids), ids, strict=True
+        ):
+            self._record(content, request_id)
+            payload = self._transport.request("POST", self._infer_url, content=content)
+            answers += parse_v2_response(
+                payload,
+                stop - start,
+                self._wire.answer,
+                request_id=request_id,
+                output_name=self._wire.output_name,
+            )
+        return answers
