@@ -11,6 +11,7 @@ console script to check its exit code and stderr.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -185,7 +186,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["model file not found", "{NODIR}/m.safetensors"],
     ),
     "embed-missing-key": (
-        ["-q", "embed", "--key", "{MISSING}", "--epochs", "0", "--out", "{OUT}/E.safetensors"],
+        ["-q", "embed", "--key", "{MISSING}", "--epochs", "1", "--out", "{OUT}/E.safetensors"],
         ["key file not found", "{MISSING}", "ownmark keygen"],
     ),
     "embed-missing-init-model": (
@@ -197,7 +198,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
             "--from",
             "{MISSING}",
             "--epochs",
-            "0",
+            "1",
             "--out",
             "{OUT}/E.safetensors",
         ],
@@ -315,7 +316,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["modified", "commitment"],
     ),
     "embed-edited-key": (
-        ["-q", "embed", "--key", "{KEDIT_label}", "--epochs", "0", "--out", "{OUT}/E"],
+        ["-q", "embed", "--key", "{KEDIT_label}", "--epochs", "1", "--out", "{OUT}/E"],
         ["modified", "commitment"],
     ),
     # --- logos
@@ -389,7 +390,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["(1, 28, 28)", "(3, 32, 32)"],
     ),
     "embed-class-mismatch": (
-        ["-q", "embed", "--key", "{K}", "--from", "{M5}", "--epochs", "0", "--out", "{OUT}/E"],
+        ["-q", "embed", "--key", "{K}", "--from", "{M5}", "--epochs", "1", "--out", "{OUT}/E"],
         ["10 classes", "5"],
     ),
     "prune-class-mismatch": (
@@ -518,7 +519,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["epochs"],
     ),
     "embed-key-ratio-one": (
-        ["-q", "embed", "--key", "{K}", "--key-ratio", "1", "--epochs", "0", "--out", "{OUT}/E"],
+        ["-q", "embed", "--key", "{K}", "--key-ratio", "1", "--epochs", "1", "--out", "{OUT}/E"],
         ["key_ratio", "1"],
     ),
     # --- remote verification, serving, evidence
@@ -594,6 +595,26 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["keygen", "--out", "{OUT}/K"],
         ["required", "--scheme", "ownmark keygen --help"],
     ),
+    "train-zero-epochs": (
+        ["-q", "train", "--epochs", "0", "--out", "{OUT}/M2"],
+        ["--epochs", "at least 1"],
+    ),
+    "train-out-is-a-folder": (
+        ["-q", "train", "--epochs", "1", "--out", "{OUT}"],
+        ["--out", "is a folder", "model.safetensors"],
+    ),
+    "export-onnx-is-a-folder": (
+        ["export", "{M}", "--onnx", "{OUT}"],
+        ["--onnx", "is a folder", "model.onnx"],
+    ),
+    "verify-key-is-a-folder": (
+        ["verify", "--key", "{OUT}", "--model", "{M}"],
+        ["is a folder, not a key file"],
+    ),
+    "demo-out-is-a-file": (
+        ["demo", "--out", "{M}"],
+        ["--out", "is a file", "folder"],
+    ),
     "usage-prune-bad-sweep": (
         ["attack", "prune", "--model", "{M}", "--sweep", "rate"],
         ["sweep", "NAME=0.1..0.9", "'rate'"],
@@ -624,6 +645,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     rc, out, err = run_cli(fill(argv_template, assets, out_dir), capsys)
 
     assert_one_line_error(rc, out, err, *fill(fragments, assets, out_dir))
+    assert ".tmp" not in err, "a temporary file name leaked into the message"
     assert files_in(out_dir) == [], "an output or temp file was left behind"
     assert files_in(asset_folder) == assets_before, "a file appeared next to the inputs"
 
@@ -757,9 +779,13 @@ def test_prune_one_rate_with_out_writes_model_and_metrics(
     assert files_in(out_dir) == ["O.json", "O.safetensors"]
 
 
-def test_prune_sweep_without_out_succeeds(
-    assets: dict[str, str], capsys: pytest.CaptureFixture[str]
+def test_prune_sweep_without_out_keeps_table_metrics_and_plot(
+    assets: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     rc, stdout, err = run_cli(
         ["attack", "prune", "--model", assets["M"], "--sweep", "rate=0.1..0.2"], capsys
     )
@@ -767,6 +793,14 @@ def test_prune_sweep_without_out_succeeds(
     assert "rate=0.1," in stdout and "rate=0.2," in stdout
     lines = stdout.splitlines()
     assert len({line.index("%") for line in lines[1:3]}) == 1  # columns line up
+    saved = tmp_path / "ownmark-attacks" / "prune-rate-sweep"
+    record = json.loads(saved.with_suffix(".json").read_text())
+    assert record["swept"] == "rate" and [r["attack"]["rate"] for r in record["results"]] == [
+        0.1,
+        0.2,
+    ]
+    assert saved.with_suffix(".md").read_text().splitlines()[0] == lines[0]
+    assert saved.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("command", ["train", "embed"])
@@ -776,7 +810,7 @@ def test_train_and_embed_with_good_inputs_succeed(
     out = out_dir / "M2.safetensors"
     extra = ["--key", assets["K"], "--from", assets["M"]] if command == "embed" else []
     rc, _, err = run_cli(
-        ["-q", command, *extra, "--model", "zhang_mnist", "--epochs", "0", "--out", out], capsys
+        ["-q", command, *extra, "--model", "zhang_mnist", "--epochs", "1", "--out", out], capsys
     )
     assert (rc, err) == (0, "")
     assert load_model(out).spec.arch == "zhang_mnist"
@@ -858,11 +892,11 @@ CRASHERS: dict[str, tuple[list[str], str]] = {
         " traceback and exit 1, which is also the exit code for 'not owned'",
     ),
     "train-unknown-device": (
-        ["-q", "train", "--device", "nope", "--epochs", "0", "--out", "{OUT}/M2"],
+        ["-q", "train", "--device", "nope", "--epochs", "1", "--out", "{OUT}/M2"],
         "train.fit: torch.device('nope') raises RuntimeError, uncaught -> traceback, exit 1",
     ),
     "train-negative-momentum": (
-        ["-q", "train", "--momentum", "-1", "--epochs", "0", "--out", "{OUT}/M2"],
+        ["-q", "train", "--momentum", "-1", "--epochs", "1", "--out", "{OUT}/M2"],
         "train.TrainConfig does not check momentum; torch.optim.SGD raises ValueError, "
         "uncaught -> traceback, exit 1",
     ),

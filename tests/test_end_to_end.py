@@ -125,4 +125,5 @@ def test_cli_flow_and_exit_codes(tmp_path: Path) -> None:
     )
     assert sweep.returncode == 0, sweep.stderr
     rows = json.loads((tmp_path / "sweep.json").read_text())["results"]
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
     assert [r["attack"]["rate"] for r in rows] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

@@ -23,13 +23,16 @@ from ownmark.data import load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import save_key
 from ownmark.metrics import accuracy
+from ownmark.models import Classifier
 from ownmark.preview import save_preview
-from ownmark.train import TrainConfig
+from ownmark.steps import Report, Steps, silent
+from ownmark.train import TrainConfig, TrainResult
 from ownmark.verify import Verdict
 from ownmark.verify.evidence import write_evidence
 from ownmark.workflows import (
     as_model,
     attack_model,
+    default_arch,
     make_key,
     run_record,
     train_model,
@@ -70,10 +73,22 @@ class DemoSummary:
 
     rows: list[DemoRow] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    #: every file the run wrote
+    files: list[str] = field(default_factory=list)
 
     @property
     def correct(self) -> bool:
         return all(row.verdict == row.expected for row in self.rows)
+
+    def header(self) -> str:
+        """What the table is about: scheme, data set, key commitment, p0 and alpha."""
+        c = self.config
+        return (
+            f"# ownmark demo\n\nScheme `{c.get('scheme')}` on the built-in digits "
+            f"(`{c.get('dataset')}`), {c.get('epochs')} epochs, seed {c.get('seed')}. Key "
+            f"commitment `{c.get('key_commitment')}`; p0 = {c.get('p0', 0):.4f} (calibrated on "
+            f"clean and other-key references), alpha = {c.get('alpha')}.\n\n"
+        )
 
     def table(self) -> str:
         """A Markdown table of the verified models."""
@@ -99,6 +114,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     finetune_epochs: int = 5,
+    report: Report = silent,
 ) -> DemoSummary:
     """Run the demo and write its files under ``out_dir``; see the module docstring.
 
@@ -109,97 +125,113 @@ def run_demo(
         seed: seeds data split, key, initialisation and training (default 0).
         progress: progress bars on stderr.
         finetune_epochs: epochs of the fine-tuning attack (default 5).
+        report: receives a numbered line per step (default: nothing; the CLI prints them).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    steps = Steps(8 + len(REFERENCES) + len(OTHER_KEY_REFERENCES), report)
     data = load_dataset("digits")
-    config = TrainConfig(epochs=epochs, seed=seed)
-    clean, clean_result = train_model(
-        data,
-        config,
-        out=out / "clean.safetensors",
-        metrics_out=out / "clean.json",
-        progress=progress,
-    )
-    references = [
-        train_model(
+
+    def train(
+        what: str, name: str, config: TrainConfig, *, arch: str | None = None, key: Any = None
+    ) -> tuple[Classifier, TrainResult]:
+        model_arch = arch or default_arch(data)
+        steps.step(f"training {what} ({model_arch}, seed {config.seed}, {config.epochs} epochs)")
+        model, result = train_model(
             data,
+            config,
+            arch=model_arch,
+            key=key,
+            out=steps.wrote(out / f"{name}.safetensors", f"{what}: model file"),
+            metrics_out=steps.wrote(out / f"{name}.json", f"{what}: training metrics"),
+            progress=progress,
+        )
+        return model, result
+
+    config = TrainConfig(epochs=epochs, seed=seed)
+    clean, clean_result = train("the clean model (an innocent suspect)", "clean", config)
+    references = [
+        train(
+            f"clean reference {arch}",
+            f"reference-{arch}-s{seed + offset}",
             TrainConfig(epochs=epochs, seed=seed + offset),
             arch=arch,
-            out=out / f"reference-{arch}-s{seed + offset}.safetensors",
-            progress=progress,
         )[0]
         for arch, offset in REFERENCES
     ]
-    # Other owners, who know the scheme and its defaults but not our secret.
-    # The demo's keys come from its seed so that its table is the same on every run; a real
-    # owner's key draws a secret seed (``make_key`` without ``seed``).
+    # Other owners, who know the scheme and its defaults but not our secret. The demo's keys
+    # come from its seed so that its table is the same on every run; a real owner's key
+    # draws a secret seed (``make_key`` without ``seed``).
     other_keys = [
         make_key(data, scheme, seed=seed + KEY_SEED_OFFSET + i, dataset="digits")
         for i in range(1, len(OTHER_KEY_REFERENCES) + 1)
     ]
     references += [
-        train_model(
-            data,
+        train(
+            f"reference {arch} carrying another owner's key",
+            f"reference-otherkey-{arch}-s{seed + offset}",
             TrainConfig(epochs=epochs, seed=seed + offset, key_ratio=DEMO_KEY_RATIO),
             arch=arch,
             key=other,
-            out=out / f"reference-otherkey-{arch}-s{seed + offset}.safetensors",
-            progress=progress,
         )[0]
         for (arch, offset), other in zip(OTHER_KEY_REFERENCES, other_keys, strict=True)
     ]
     groups = ["clean"] * len(REFERENCES) + ["other-key"] * len(OTHER_KEY_REFERENCES)
+    steps.step(f"making a {scheme} key and calibrating its p0 on {len(references)} references")
     raw_key = make_key(data, scheme, seed=seed + KEY_SEED_OFFSET, dataset="digits")
     key, calibration = calibrate_key(raw_key, references, groups=groups, test=data.test)
-    write_json_atomic(out / "calibration.json", calibration.as_dict())
+    write_json_atomic(
+        steps.wrote(out / "calibration.json", "how p0 was calibrated: each reference's matches"),
+        calibration.as_dict(),
+    )
     # A different initialisation seed: the watermarked model is not the clean one retrained.
-    marked, marked_result = train_model(
-        data,
+    marked, marked_result = train(
+        "the watermarked model (the owner's release)",
+        "watermarked",
         TrainConfig(epochs=epochs, seed=seed + 1, key_ratio=DEMO_KEY_RATIO),
         key=key,
-        out=out / "watermarked.safetensors",
-        metrics_out=out / "watermarked.json",
-        progress=progress,
     )
     # The key's commitment binds the released model (time-stamp it to date both).
     key = key.bound_to_model(out / "watermarked.safetensors")
-    save_key(key, out / "key.safetensors")
-    save_preview(key, out / "key-preview.png")
-    other_owner, other_result = train_model(
-        data,
+    save_key(key, steps.wrote(out / "key.safetensors", "the owner's secret key (keep it private)"))
+    save_preview(key, steps.wrote(out / "key-preview.png", "originals and trigger images"))
+    other_owner, other_result = train(
+        "another owner's watermarked model (an innocent suspect)",
+        "other-owner",
         TrainConfig(epochs=epochs, seed=seed + 2, key_ratio=DEMO_KEY_RATIO),
         key=make_key(data, scheme, seed=seed + KEY_SEED_OFFSET - 1, dataset="digits"),
-        out=out / "other-owner.safetensors",
-        progress=progress,
     )
+    steps.step("pruning 50% of the watermarked model's weights")
     pruned_api, pruned_metrics = attack_model(
         marked,
         MagnitudePruning(rate=0.5),
         data=AttackData(test=data.test),
         key=key,
-        out=out / "watermarked-pruned50.safetensors",
-        metrics_out=out / "pruned50.json",
+        out=steps.wrote(out / "watermarked-pruned50.safetensors", "pruned 50%: model file"),
+        metrics_out=steps.wrote(out / "watermarked-pruned50.json", "pruned 50%: metrics"),
     )
+    steps.step(f"fine-tuning the watermarked model for {finetune_epochs} epochs")
     first, second = data.test.halves()
     tuned_api, tuned_metrics = attack_model(
         marked,
         FineTuning(epochs=finetune_epochs, seed=seed, progress=progress),
         data=AttackData(train=first, test=second),
         key=key,
-        out=out / "watermarked-finetuned.safetensors",
-        metrics_out=out / "finetuned.json",
+        out=steps.wrote(out / "watermarked-finetuned.safetensors", "fine-tuned: model file"),
+        metrics_out=steps.wrote(out / "watermarked-finetuned.json", "fine-tuned: metrics"),
     )
     pruned, tuned = as_model(pruned_api), as_model(tuned_api)
     summary = DemoSummary(
         config=run_record(
             task="demo",
             scheme=scheme,
+            dataset="digits",
             epochs=epochs,
             seed=seed,
             finetune_epochs=finetune_epochs,
             key_commitment=key.commitment,
             p0=key.p0,
+            alpha=key.alpha,
             calibration=calibration.as_dict(),
             clean_seconds=clean_result.seconds,
         )
@@ -213,9 +245,15 @@ def run_demo(
         ("pruned50", pruned, pruned_metrics["test_accuracy"], Verdict.OWNED),
         ("finetuned", tuned, tuned_metrics["test_accuracy"], Verdict.OWNED),
     ]
+    steps.step(f"serving each of the {len(cases)} suspects over HTTP and verifying it")
     for name, model, test_accuracy, expected in cases:
         result = verify_served(model, key, name=name)
-        evidence, _ = write_evidence(result, key, out / "evidence" / f"{name}.json")
+        report(f"      {name}: {result.verdict.value} ({result.matches}/{result.queries} matched)")
+        evidence, evidence_report = write_evidence(
+            result, key, out / "evidence" / f"{name}.evidence.json"
+        )
+        steps.wrote(evidence, f"evidence of the verification of {name} (check it with the key)")
+        steps.wrote(evidence_report, f"the same evidence as a readable report ({name})")
         assert test_accuracy is not None
         summary.rows.append(
             DemoRow(
@@ -231,15 +269,26 @@ def run_demo(
                 evidence=str(evidence),
             )
         )
+    steps.step("writing the summary and the index")
     write_json_atomic(
-        out / "summary.json",
+        steps.wrote(out / "summary.json", "the results table and the run's settings (JSON)"),
         {
             **summary.config,
             "rows": [row.__dict__ for row in summary.rows],
             "correct": summary.correct,
         },
     )
-    write_text_atomic(out / "summary.md", summary.table() + "\n")
+    write_text_atomic(
+        steps.wrote(out / "summary.md", "the results table with scheme, key, p0 and alpha"),
+        summary.header() + summary.table() + "\n",
+    )
+    steps.write_index(
+        out,
+        "ownmark demo",
+        f"Written by `ownmark demo` ({summary.config['written']}). A model file and its metrics "
+        "share a name; `evidence/` holds one evidence file and report per verified suspect.",
+    )
+    summary.files = sorted(str(p) for p in steps.files)
     return summary
 
 

@@ -261,6 +261,8 @@ def load_key(path: str | Path) -> KeySet:
         KeyFileError: the file is missing, not a key file, corrupt, or was edited.
     """
     path = Path(path)
+    if path.is_dir():
+        raise KeyFileError(f"{path} is a folder, not a key file; give the key's .safetensors file")
     if not path.is_file():
         raise KeyFileError(f"key file not found: {path}; create one with 'ownmark keygen'")
     try:

@@ -36,6 +36,7 @@ from ownmark.keys import KeySet, load_key, save_key
 from ownmark.models import Classifier, load_model
 from ownmark.registry import parse_sweep
 from ownmark.schemes import SCHEMES
+from ownmark.steps import Report, Steps, silent
 from ownmark.train import TrainConfig
 from ownmark.verify import verify_ownership
 from ownmark.verify.suspects import LocalModelSuspect
@@ -177,12 +178,16 @@ def _cached_model(
 class _Run:
     """One matrix run's state: data, folders, progress callback."""
 
-    def __init__(self, config: MatrixConfig, out: Path, report: Callable[[str], None]) -> None:
+    def __init__(self, config: MatrixConfig, out: Path, report: Report) -> None:
         self.config = config
         self.out = out
-        self.report = report
         self.data = load_dataset(config.dataset, config.data_path)
         self.arch = config.arch or default_arch(self.data)
+        per_seed = len(_reference_archs(config, self.data)) + len(config.scheme_names()) * (
+            2 + 1 + len(config.attacks)  # key, model, the untouched column, the attacks
+        )
+        self.steps = Steps(per_seed * len(config.seeds), report)
+        self.report = self.steps.step
 
     def train(self, seed: int, *, arch: str, key: KeySet | None, path: Path) -> Classifier:
         ratio = self.config.key_ratio if key is not None else 0.15
@@ -197,6 +202,8 @@ class _Run:
             )
             return model
 
+        if path.is_file():
+            self.report(f"{path.name}: trained by an earlier run")
         return _cached_model(path, fit)
 
     def references(self, seed: int) -> list[Classifier]:
@@ -218,6 +225,7 @@ class _Run:
         path = self.out / "keys" / f"{scheme}-s{seed}.safetensors"
         calibration_path = path.with_suffix(".json")
         if path.is_file() and calibration_path.is_file():
+            self.report(f"{path.name}: made and calibrated by an earlier run")
             return load_key(path), json.loads(calibration_path.read_text())
         self.report(f"making and calibrating the {scheme} key (seed {seed})")
         params = {"num_keys": self.config.num_keys, **self.config.scheme_params.get(scheme, {})}
@@ -232,11 +240,12 @@ def run_matrix(
     config: MatrixConfig,
     out_dir: str | Path,
     *,
-    report: Callable[[str], None] = lambda line: None,
+    report: Report = silent,
 ) -> list[dict[str, Any]]:
     """Run every cell not already on disk under ``out_dir``; return all cells' records.
 
-    ``report`` receives one line per step (training, calibrating, attacking a cell).
+    ``report`` receives one numbered line per step (training, calibrating, each cell), also
+    for the steps an earlier run already did.
     """
     out = Path(out_dir)
     for folder in ("models", "keys", "cells"):
@@ -262,9 +271,10 @@ def run_matrix(
             for label, (name, params) in zip(labels, columns, strict=True):
                 path = out / "cells" / f"{_slug(scheme)}__{_slug(label)}__s{seed}.json"
                 if path.is_file():
+                    run.report(f"{scheme} x {label} (seed {seed}): done by an earlier run")
                     cells.append(json.loads(path.read_text()))
                     continue
-                report(f"{scheme} x {label} (seed {seed})")
+                run.report(f"{scheme} x {label} (seed {seed})")
                 cell = _run_cell(run, marked, key, name, params, seed)
                 cell.update(
                     scheme=scheme, attack=label, seed=seed, p0=key.p0, calibration=calibration

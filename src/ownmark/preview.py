@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ownmark.errors import ConfigError
 from ownmark.fileio import atomic_path
@@ -13,7 +13,10 @@ from ownmark.keys import KeySet
 
 
 def preview_grid(key: KeySet, count: int = 16, columns: int = 8, scale: int = 4) -> Image.Image:
-    """A grid of up to ``count`` key samples: each original with its trigger right below.
+    """A captioned grid of up to ``count`` key samples: each original above its trigger.
+
+    A header says what the rows are; under each pair is the key label a watermarked model
+    answers for that trigger.
 
     Args:
         key: the key to show.
@@ -28,11 +31,11 @@ def preview_grid(key: KeySet, count: int = 16, columns: int = 8, scale: int = 4)
     n = min(count, len(key))
     channels, h, w = key.image_shape
     rows = -(-n // columns)
-    gap = 2
+    gap, caption, header = 2, 14, 34
     cell_h, cell_w = h * scale, w * scale
-    canvas = np.full(
-        (rows * (2 * cell_h + 3 * gap), columns * (cell_w + gap) + gap, 3), 128, dtype=np.uint8
-    )
+    pair_h = 2 * cell_h + 2 * gap + caption
+    width = max(columns * (cell_w + gap) + gap, 420)
+    canvas = np.full((header + rows * (pair_h + gap), width, 3), 128, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
         x = gap + c * (cell_w + gap)
@@ -41,9 +44,24 @@ def preview_grid(key: KeySet, count: int = 16, columns: int = 8, scale: int = 4)
             if channels == 1:
                 pixels = np.repeat(pixels, 3, axis=2)
             big = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
-            y = gap + r * (2 * cell_h + 3 * gap) + j * (cell_h + gap)
+            y = header + gap + r * (pair_h + gap) + j * (cell_h + gap)
             canvas[y : y + cell_h, x : x + cell_w] = big
-    return Image.fromarray(canvas)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text(
+        (gap, 2),
+        f"{key.scheme} key: {n} of {len(key)} samples. Each pair: clean original (top),\n"
+        "trigger sent to a suspect (bottom), key label a watermarked model answers (below).",
+        fill=(255, 255, 255),
+        font=font,
+    )
+    for i in range(n):
+        r, c = divmod(i, columns)
+        x = gap + c * (cell_w + gap)
+        y = header + gap + r * (pair_h + gap) + 2 * (cell_h + gap)
+        draw.text((x + 2, y), f"key label {int(key.labels[i])}", fill=(255, 255, 0), font=font)
+    return image
 
 
 def save_preview(key: KeySet, path: str | Path, count: int = 16) -> None:

@@ -8,7 +8,9 @@ Carlini–Wagner code that Table 6's networks come from.
 
 Determinism: each epoch draws its shuffle and its dropout masks from generators seeded by
 ``(seed, epoch)``, and a checkpoint holds model and optimizer state; so on CPU a run resumed
-from the checkpoint of epoch e ends with the same weights as an uninterrupted run.
+from the checkpoint of epoch e ends with the same weights as an uninterrupted run. A checkpoint
+written inside an epoch (``checkpoint_every``) also holds the position in the epoch, the random
+generators' states and the epoch's running sums, so resuming from it is just as exact.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +57,9 @@ class TrainConfig:
             class to its own key label, which needs more repetitions (on the built-in digits,
             8 epochs: noise keys reach 13% watermark accuracy at 0.05, 99% at 0.15).
         augment: random 4-pixel-shift crops and horizontal flips (for CIFAR; default off).
-        device: torch device (default ``cpu``).
+        device: torch device (default ``cpu``); ``auto`` picks CUDA, then MPS, then the CPU
+            (see :func:`resolve_device`) and is resolved when the config is made, so
+            ``config.device`` always names the device the run uses.
     """
 
     epochs: int = 50
@@ -73,12 +79,37 @@ class TrainConfig:
             raise ConfigError(f"key_ratio must lie in [0, 1), got {self.key_ratio}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight_decay must be >= 0")
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(
-                f"unknown torch device {self.device!r}; use cpu, cuda, cuda:1, mps ..."
-            ) from None
+        # Frozen dataclass: the resolved name replaces "auto" once, here.
+        object.__setattr__(self, "device", resolve_device(self.device))
+
+
+def resolve_device(name: str) -> str:
+    """The torch device ``name`` means here: ``auto`` is CUDA, then MPS, then ``cpu``.
+
+    Any other name is checked (a known device type, and present on this machine) and returned
+    as given. Raises ConfigError for an unknown or absent device, so a run fails before it
+    loads data rather than when the model moves to the device.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown torch device {name!r}; use auto, cpu, cuda, cuda:1, mps ..."
+        ) from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available()
+        or (device.index is not None and device.index >= torch.cuda.device_count())
+    ):
+        raise ConfigError(f"device {name!r} is not available on this machine; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} is not available on this machine; use auto or cpu")
+    return name
 
 
 class Objective(Protocol):
@@ -225,6 +256,64 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
+log = logging.getLogger("ownmark.train")
+
+
+def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> None:
+    """Refuse a run that would silently overwrite a checkpoint or silently start over.
+
+    Cheap (file system only): :func:`fit` calls it first, and the CLI before it loads any data.
+
+    Raises:
+        ConfigError: ``resume`` without a ``checkpoint`` file, a ``checkpoint`` that is a
+            folder, or an existing ``checkpoint`` without ``resume``.
+    """
+    if checkpoint is None:
+        if resume:
+            raise ConfigError("--resume needs --checkpoint FILE, the checkpoint to continue")
+        return
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ConfigError(
+            f"--checkpoint {path} is a folder; give a file name, e.g. {path / 'run.ckpt'}"
+        )
+    if resume and not path.is_file():
+        raise ConfigError(
+            f"--resume: checkpoint {path} does not exist; drop --resume to start a new run"
+        )
+    if not resume and path.exists():
+        raise ConfigError(
+            f"checkpoint {path} already exists: add --resume to continue it, or delete it "
+            "(or choose another --checkpoint) to start over"
+        )
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' bytes: a checkpoint is only resumed on the very same data."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().data)  # a view, no copy
+    return digest.hexdigest()
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global generators that dropout draws from: the CPU's and the device's own."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+    elif "mps" in states and device.type == "mps":
+        torch.mps.set_rng_state(states["mps"])
+
+
 def fit(
     model: nn.Module,
     train: ImageDataset,
@@ -237,6 +326,8 @@ def fit(
     progress: bool = True,
     description: str = "train",
     objective: Objective | None = None,
+    checkpoint_every: int | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``train`` (mixed with ``key`` if given) and evaluate it.
 
@@ -246,14 +337,29 @@ def fit(
         config: hyper-parameters.
         test: data for the test accuracy reported per epoch and at the end.
         key: key samples to embed; they are repeated to make up ``config.key_ratio``.
-        checkpoint: file written atomically after every epoch (model, optimizer, history).
-        resume: continue from ``checkpoint`` if it exists (same config required).
+        checkpoint: file written atomically after every epoch (model, optimizer, history);
+            default None: none. It must not exist yet unless ``resume`` is set.
+        resume: continue from ``checkpoint``, which must exist and have been written with the
+            same config and data (default False: start a new run).
         progress: show a progress bar with loss and accuracy (stderr).
         description: label of the progress bar.
         objective: the loss of a step; None (default): the key's scheme's objective when a
             key is given (see :meth:`~ownmark.schemes.base.WatermarkScheme.objective`), else
             :func:`cross_entropy`.
+        checkpoint_every: also write ``checkpoint`` after every this many optimizer steps
+            (counted from the start of the run); default None: at the end of each epoch only.
+            Resuming from a checkpoint inside an epoch ends, on CPU, with the same weights as
+            an uninterrupted run.
+        report: called with one line saying where a resumed run resumes; default None: the
+            line is logged (logger ``ownmark.train``, level INFO).
+
+    Raises:
+        ConfigError: see :func:`check_checkpoint`; a checkpoint of another config or data; a
+            key whose images do not match the data; ``checkpoint_every`` < 1.
     """
+    check_checkpoint(checkpoint, resume)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1 step, got {checkpoint_every}")
     if objective is None and key is not None:
         from ownmark.schemes import scheme_for_key  # the schemes import keys, not training
 
@@ -272,8 +378,11 @@ def fit(
         repeats = key_repeats(len(train), len(key), config.key_ratio)
         images = torch.cat([images, key.images.repeat(repeats, 1, 1, 1)])
         labels = torch.cat([labels, key.labels.repeat(repeats)])
+    # Hashed only when there is a checkpoint to match (a fraction of a second on full MNIST).
+    data_hash = _fingerprint(images, labels) if checkpoint is not None else None
     labels = labels.to(device)
     num_images = len(images)
+    steps = math.ceil(num_images / config.batch_size)
     batch_of = _batch_source(images.to(device))
     del images  # the source holds what it needs: the float copy, or the uint8 images
     # Evaluation sets go to the device once, not every epoch.
@@ -287,15 +396,16 @@ def fit(
         weight_decay=config.weight_decay,
     )
     config_record = {**dataclasses.asdict(config), "key_repeats": repeats}
-    config_record.pop("device")
+    config_record.pop("device")  # where it runs does not change what it computes
     history: list[dict[str, float]] = []
     start_epoch = 0
     elapsed = 0.0
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
+    inside: dict[str, Any] | None = None  # a checkpoint's position inside an epoch
+    if resume and checkpoint is not None:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["config"] != config_record:
+        if state["config"] != config_record or state.get("data") != data_hash:
             raise ConfigError(
-                f"checkpoint {checkpoint} was written with a different configuration; "
+                f"checkpoint {checkpoint} was written with a different configuration or data; "
                 "delete it or resume with the same arguments"
             )
         model.load_state_dict(state["model"])
@@ -303,70 +413,116 @@ def fit(
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         elapsed = float(state["seconds"])
+        inside = state.get("inside")
+        step = int(inside["step"]) if inside is not None else 0
+        where = (
+            f"at epoch {start_epoch + 1}/{config.epochs}, step {step}/{steps}"
+            if start_epoch < config.epochs
+            else f"after its last epoch ({config.epochs}/{config.epochs}): nothing left to train"
+        )
+        (report or log.info)(f"resuming from {checkpoint} {where}")
+
+    def save(epoch: int, seconds: float, position: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint: ``epoch`` epochs done, plus ``position`` inside the next."""
+        assert checkpoint is not None
+        state: dict[str, Any] = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "seconds": seconds,
+            "config": config_record,
+            "data": data_hash,
+        }
+        if position is not None:
+            state["inside"] = position
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
 
     bar = tqdm(
-        total=config.epochs * math.ceil(num_images / config.batch_size),
-        initial=start_epoch * math.ceil(num_images / config.batch_size),
+        total=config.epochs * steps,
+        initial=start_epoch * steps + (int(inside["step"]) if inside is not None else 0),
         desc=description,
         unit="batch",
         disable=None if progress else True,  # None: only on a terminal
         leave=False,
     )
     with _keep_freed_memory():
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            seed = _epoch_seed(config.seed, epoch)
-            order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
-            augment_rng = torch.Generator().manual_seed(seed + 1)
-            torch.manual_seed(seed + 2)  # dropout masks
-            model.train()
-            # Running sums stay on the device: no host sync per batch (matters on a GPU).
-            total_loss = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for batch_number, start in enumerate(range(0, len(order), config.batch_size)):
-                index = order[start : start + config.batch_size].to(device)
-                batch = batch_of(index)
-                if config.augment:
-                    batch = augment(batch, augment_rng)
-                target = labels[index]
-                loss, logits = step_loss(model, batch, target, index >= num_clean)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                total_loss += loss.detach() * len(index)
-                correct += (logits.detach().argmax(1) == target).sum()
-                seen += len(index)
-                bar.update(1)
-                # A bar that is off (not a terminal) skips the postfix and the host syncs it needs.
-                if not bar.disable and batch_number % 20 == 0:
-                    bar.set_postfix(
-                        epoch=epoch + 1,
-                        loss=f"{float(total_loss) / seen:.4f}",
-                        acc=f"{int(correct) / seen:.4f}",
-                    )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed += time.perf_counter() - started
-            record = {
-                "epoch": epoch + 1,
-                "loss": float(total_loss) / seen,
-                "train_accuracy": int(correct) / seen,
-            }
-            record.update(_evaluate(model, test_images, test, key_images, key))
-            history.append(record)
-            if checkpoint is not None:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                started = time.perf_counter()
+                seed = _epoch_seed(config.seed, epoch)
+                order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+                augment_rng = torch.Generator().manual_seed(seed + 1)
+                torch.manual_seed(seed + 2)  # dropout masks
+                model.train()
+                # Running sums stay on the device: no host sync per batch (matters on a GPU).
+                total_loss = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.int64, device=device)
+                seen = 0
+                first = 0
+                if inside is not None:  # continue the epoch where its checkpoint left it
+                    first, seen = int(inside["step"]), int(inside["seen"])
+                    total_loss = inside["loss"].to(device)
+                    correct = inside["correct"].to(device)
+                    augment_rng.set_state(inside["augment_rng"])
+                    _set_rng_states(inside["rng"], device)
+                    inside = None
+                for batch_number in range(first, steps):
+                    start = batch_number * config.batch_size
+                    index = order[start : start + config.batch_size].to(device)
+                    batch = batch_of(index)
+                    if config.augment:
+                        batch = augment(batch, augment_rng)
+                    target = labels[index]
+                    loss, logits = step_loss(model, batch, target, index >= num_clean)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    optimizer.step()
+                    total_loss += loss.detach() * len(index)
+                    correct += (logits.detach().argmax(1) == target).sum()
+                    seen += len(index)
+                    bar.update(1)
+                    # A bar that is off (not a terminal) skips the postfix and its host syncs.
+                    if not bar.disable and batch_number % 20 == 0:
+                        bar.set_postfix(
+                            epoch=epoch + 1,
+                            loss=f"{float(total_loss) / seen:.4f}",
+                            acc=f"{int(correct) / seen:.4f}",
+                        )
+                    done = batch_number + 1
+                    # The epoch's last step is saved below, with the epoch's record.
+                    if (
+                        checkpoint_every is not None
+                        and checkpoint is not None
+                        and done < steps
+                        and (epoch * steps + done) % checkpoint_every == 0
+                    ):
+                        position = {
+                            "step": done,
+                            "seen": seen,
+                            "loss": total_loss.detach().clone(),
+                            "correct": correct.detach().clone(),
+                            "augment_rng": augment_rng.get_state(),
+                            "rng": _rng_states(device),
+                        }
+                        save(epoch, elapsed + time.perf_counter() - started, position)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed += time.perf_counter() - started
+                record = {
                     "epoch": epoch + 1,
-                    "history": history,
-                    "seconds": elapsed,
-                    "config": config_record,
+                    "loss": float(total_loss) / seen,
+                    "train_accuracy": int(correct) / seen,
                 }
-                with atomic_path(checkpoint) as tmp:
-                    torch.save(state, tmp)
-        bar.close()
+                record.update(_evaluate(model, test_images, test, key_images, key))
+                history.append(record)
+                if checkpoint is not None:
+                    save(epoch + 1, elapsed)
+        finally:
+            # Also on an interrupt or error: a closed bar clears its line, so whatever is
+            # printed next ("interrupted", an error) starts on a line of its own.
+            bar.close()
         model.eval()
         # The last epoch already measured the final weights; only a run of 0 epochs has not.
         final = history[-1] if history else _evaluate(model, test_images, test, key_images, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,14 @@ from torch import nn
 
 from ownmark import __version__
 from ownmark.attacks import Attack, AttackData, MagnitudePruning, create_attack
-from ownmark.data import DataSplits, ImageDataset
+from ownmark.data import DataSplits, ImageDataset, stratified_subset
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic
 from ownmark.keys import KeySet
 from ownmark.metrics import accuracy, answer_accuracy
 from ownmark.models import Classifier, ModelSpec, build_model, save_model
 from ownmark.schemes import create_scheme
-from ownmark.train import TrainConfig, TrainResult, fit, remove_checkpoint
+from ownmark.train import TrainConfig, TrainResult, check_checkpoint, fit, remove_checkpoint
 from ownmark.verify import VerificationResult, verify_ownership
 from ownmark.verify.suspects import LocalModelSuspect, Suspect
 
@@ -81,6 +82,45 @@ def run_record(**fields: Any) -> dict[str, Any]:
     }
 
 
+def subset_split(
+    split: ImageDataset, size: int | None, *, option: str = "subset", seed: int = 0
+) -> tuple[ImageDataset, dict[str, Any] | None]:
+    """A seeded, stratified ``size``-row subset of ``split`` and its record for the metrics.
+
+    ``size=None`` (default) keeps the whole split (record None). ``option`` names the
+    argument in the error message (e.g. ``--train-subset``); ``seed`` (default 0) picks the
+    rows, the same ones for every command (see :func:`~ownmark.data.stratified_subset`).
+    """
+    if size is None:
+        return split, None
+    if not 1 <= size <= len(split):
+        raise ConfigError(
+            f"{option} {size}: {split.name} has {len(split)} images; give 1 to {len(split)}"
+        )
+    record = {"size": size, "of": len(split), "seed": seed, "stratified": True}
+    return stratified_subset(split, size, seed), record
+
+
+def subset_data(
+    data: DataSplits,
+    *,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> tuple[DataSplits, dict[str, Any]]:
+    """``data`` with smaller splits (None, the default: the whole split), and their records.
+
+    The records (``train_subset``, ``test_subset``: size, full size, seed; None for a whole
+    split) go into the metrics, so a result says what it was measured on.
+    """
+    train, train_record = subset_split(data.train, train_subset, option="--train-subset", seed=seed)
+    test, test_record = subset_split(data.test, test_subset, option="--test-subset", seed=seed)
+    return DataSplits(train=train, test=test), {
+        "train_subset": train_record,
+        "test_subset": test_record,
+    }
+
+
 def make_key(
     data: DataSplits,
     scheme: str,
@@ -109,6 +149,10 @@ def train_model(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    checkpoint_every: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[Classifier, TrainResult]:
     """Train a clean model (``key=None``) or embed ``key`` while training.
 
@@ -119,11 +163,21 @@ def train_model(
         key: key to embed; None trains a clean baseline.
         init: start from this model (fine-tune) instead of a fresh one.
         out: model file to write (safetensors + metadata).
-        metrics_out: metrics JSON to write (accuracies, epochs, seconds, seed, config).
-        checkpoint: per-epoch checkpoint; removed after a successful run.
-        resume: continue from ``checkpoint``.
+        metrics_out: metrics JSON to write (accuracies, epochs, seconds, seed, config, device,
+            subsets).
+        checkpoint: per-epoch checkpoint; removed after a successful run. It must not exist
+            unless ``resume`` (checked before anything else).
+        resume: continue from ``checkpoint``, which must exist (default False).
         progress: progress bar on stderr.
+        checkpoint_every: also checkpoint every this many optimizer steps (default None:
+            at the end of each epoch only).
+        train_subset: train on this many training images, a seeded stratified subset (see
+            :func:`subset_data`; default None: all).
+        test_subset: measure on this many test images, likewise (default None: all).
+        report: gets the line saying where a resumed run resumes (default None: logged).
     """
+    check_checkpoint(checkpoint, resume)
+    data, subsets = subset_data(data, train_subset=train_subset, test_subset=test_subset)
     if init is not None:
         model = init
     else:
@@ -140,6 +194,8 @@ def train_model(
         resume=resume,
         progress=progress,
         description="embed" if key is not None else "train",
+        checkpoint_every=checkpoint_every,
+        report=report,
     )
     model.cpu()
     metrics = run_record(
@@ -147,6 +203,8 @@ def train_model(
         arch=model.spec.arch,
         dataset=data.train.name,
         seed=config.seed,
+        device=config.device,
+        **subsets,
         config=dataclasses.asdict(config),
         key_commitment=key.commitment if key is not None else None,
         fine_tuned_from_model=init is not None,
@@ -334,5 +392,4 @@ def verify_served(
 
     app = create_app(TorchBackend(model), ServeConfig(model_name=name))
     with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
-        suspect.check_input_shape(key.image_shape)
         return verify_ownership(key, suspect, **options)

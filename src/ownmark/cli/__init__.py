@@ -16,7 +16,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ownmark.cli.common import EXIT_ERROR
+from ownmark.cli.common import EXIT_ERROR, preflight
+from ownmark.cli.info import cmd_completion, cmd_env, cmd_inspect
 from ownmark.cli.keys import cmd_calibrate, cmd_key, cmd_keygen, cmd_preview
 from ownmark.cli.models import (
     cmd_attack,
@@ -51,14 +52,36 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attack": cmd_attack,
     "matrix": cmd_matrix,
     "demo": cmd_demo,
+    "env": cmd_env,
+    "inspect": cmd_inspect,
+    "completion": cmd_completion,
 }
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer a shell's completion request (see ``ownmark completion``) and exit, if it is one.
+
+    argcomplete (``pip install 'ownmark[completion]'``) marks those requests with the
+    ``_ARGCOMPLETE`` environment variable; checking it first keeps ordinary runs from
+    importing argcomplete at all.
+    """
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:  # completion was registered, then argcomplete uninstalled: none
+        return
+    argcomplete.autocomplete(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ownmark`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _autocomplete(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ownmark: %(message)s")
     try:
+        preflight(args)
         return COMMANDS[args.command](args)
     except OwnmarkError as exc:
         print(f"ownmark: error: {exc}", file=sys.stderr)

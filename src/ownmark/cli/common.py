@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,47 @@ def _metrics_path(args: argparse.Namespace) -> Path:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+#: Arguments that name a file a command writes (folders: ``FOLDER_OUTPUTS``).
+FILE_OUTPUTS = ("out", "metrics", "key_out", "onnx", "json", "evidence", "preview", "checkpoint")
+#: Commands whose ``--out`` is a folder.
+FOLDER_OUTPUTS = ("demo", "matrix")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Check what can be checked before any work: output paths and counts.
+
+    A run must not train for minutes and then find it cannot write its result, so every
+    output file's place is checked first: not an existing folder, and its folder creatable.
+    """
+    for name in FILE_OUTPUTS:
+        value = getattr(args, name, None)
+        if not isinstance(value, Path):
+            continue
+        option = "--" + name.replace("_", "-")
+        if name == "out" and args.command in FOLDER_OUTPUTS:
+            if value.exists() and not value.is_dir():
+                raise ConfigError(f"--out {value} is a file; give a folder for the outputs")
+            continue
+        if value.is_dir():
+            raise ConfigError(
+                f"{option} {value} is a folder; give a file name, e.g. {value / _example(name)}"
+            )
+        parent = next((p for p in value.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ConfigError(f"{option} {value}: cannot create files in {value.parent}")
+    epochs = getattr(args, "epochs", None)
+    if args.command in ("train", "embed") and isinstance(epochs, int) and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs} (0 would train nothing)")
+
+
+def _example(name: str) -> str:
+    return {
+        "onnx": "model.onnx",
+        "json": "result.json",
+        "evidence": "evidence.json",
+        "preview": "preview.png",
+        "metrics": "metrics.json",
+        "checkpoint": "run.ckpt",
+    }.get(name, "model.safetensors")

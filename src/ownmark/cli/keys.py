@@ -165,22 +165,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
+    from ownmark.cli.info import show_key
     from ownmark.keys import load_key, save_key
 
-    key = load_key(args.key)
     if args.key_command == "timestamp":
-        key = _timestamp(key, args.tsa, args.tsa_cert)
+        key = _timestamp(load_key(args.key), args.tsa, args.tsa_cert)
         save_key(key, args.key)
         print(f"wrote {args.key} with the time stamp (commitment {key.commitment})")
         return EXIT_OK
-    print(f"commitment {key.commitment}")
-    print(
-        f"scheme {key.scheme}, {len(key)} key samples, {len(key.decoys)} decoys, data {key.dataset}"
-    )
-    print(f"p0 {key.p0:.4g}; plan: alpha {key.alpha:g}, budget {key.max_queries}")
-    print(f"seed {key.seed_source}; created (self-declared) {key.created}")
-    print(f"released model sha256: {key.released_model_sha256 or 'none bound'}")
-    print("time stamp: " + ("attached" if key.timestamp_token else "none (no trusted date)"))
+    # The same description as 'ownmark inspect KEY' (one formatter for both).
+    show_key(args.key, args.json)
     return EXIT_OK
 
 

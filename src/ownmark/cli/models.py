@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ownmark.cli.common import (
@@ -67,27 +68,53 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ownmark.keys import load_key
     from ownmark.models import load_model
+    from ownmark.train import check_checkpoint
     from ownmark.workflows import train_model
 
+    # Checked before anything is loaded: a wrong flag must not cost a data set's load time.
+    check_checkpoint(args.checkpoint, args.resume)
+    if args.checkpoint_every is not None:
+        if args.checkpoint is None:
+            raise ConfigError("--checkpoint-every needs --checkpoint FILE to write to")
+        if args.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
+    _check_subsets(args)
     embedding = args.command == "embed"
+    # Made first: it checks the numbers and resolves --device auto, once, before any loading.
+    config = _train_config(args, key_ratio=args.key_ratio if embedding else 0.0)
     key = load_key(args.key) if embedding else None
     init = (
         load_model(args.init, args.allow_factory) if embedding and args.init is not None else None
     )
     data = _load_data(args)
-    config = _train_config(args, key_ratio=args.key_ratio if embedding else 0.0)
-    _, result = train_model(
-        data,
-        config,
-        arch=args.model,
-        key=key,
-        init=init,
-        out=args.out,
-        metrics_out=_metrics_path(args),
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        progress=_progress(args),
-    )
+    try:
+        _, result = train_model(
+            data,
+            config,
+            arch=args.model,
+            key=key,
+            init=init,
+            out=args.out,
+            metrics_out=_metrics_path(args),
+            checkpoint=args.checkpoint,
+            resume=args.resume,
+            progress=_progress(args),
+            checkpoint_every=args.checkpoint_every,
+            train_subset=args.train_subset,
+            test_subset=args.test_subset,
+            # Said even with -q: it is the one sign that earlier work is being reused.
+            report=lambda line: print(f"ownmark: {line}", file=sys.stderr, flush=True),
+        )
+    except KeyboardInterrupt:
+        if args.checkpoint is None or not args.checkpoint.is_file():
+            raise
+        # fit closed its progress bar, so this starts on a line of its own.
+        print(
+            f"ownmark: interrupted; {args.checkpoint} holds the last checkpoint: run the same "
+            "command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(f"wrote {args.out} and {_metrics_path(args)}")
     if key is not None:
         from ownmark.keys import save_key
@@ -101,8 +128,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"test accuracy {_fmt(result.test_accuracy)}", end="")
     if key is not None:
         print(f", watermark accuracy {_fmt(result.watermark_accuracy)}", end="")
-    print(f", {result.epochs} epochs in {result.seconds:.1f} s")
+    print(f", {result.epochs} epochs in {result.seconds:.1f} s on {config.device}")
     return EXIT_OK
+
+
+def _check_subsets(args: argparse.Namespace) -> None:
+    """``--train-subset`` / ``--test-subset`` sizes that can never work (before loading data)."""
+    for name in ("train_subset", "test_subset"):
+        size = getattr(args, name, None)
+        if size is not None and size < 1:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} must be at least 1 image, got {size}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -146,15 +182,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ownmark.fileio import write_json_atomic
     from ownmark.keys import load_key
     from ownmark.models import load_model
-    from ownmark.workflows import attack_sweep, check_compatible, run_record
+    from ownmark.workflows import attack_sweep, check_compatible, run_record, subset_data
 
+    _check_subsets(args)
     params = _parse_params(args.param)
     sweep = parse_sweep(args.sweep) if args.sweep is not None else None
     if sweep is not None and args.out is not None:
         raise ConfigError("--out writes one attacked model; drop --out to sweep (use --metrics)")
     model = load_model(args.model, args.allow_factory)
     key = load_key(args.key) if args.key is not None else None
-    data = _load_data(args)
+    data, subsets = subset_data(_load_data(args), test_subset=args.test_subset)
     check_compatible(model, key=key, data=data)
     rows = attack_sweep(
         model,
@@ -166,11 +203,24 @@ def cmd_attack(args: argparse.Namespace) -> int:
         out=args.out,
         progress=_progress(args),
     )
-    print(_attack_table(rows))
-    if args.metrics is not None or args.out is not None:
+    for row in rows:
+        row["test_subset"] = subsets["test_subset"]
+    table = _attack_table(rows)
+    print(table)
+    if sweep is not None:
+        # A sweep is worth keeping: its metrics, table and plot, by default under
+        # ownmark-attacks/ (the way verify keeps its evidence under ownmark-evidence/).
+        from ownmark.fileio import write_text_atomic
+        from ownmark.plots import plot_sweep
+
+        path = args.metrics or Path("ownmark-attacks") / f"{args.attack}-{sweep[0]}-sweep.json"
+        write_json_atomic(path, run_record(task="attack sweep", swept=sweep[0], results=rows))
+        write_text_atomic(path.with_suffix(".md"), table + "\n")
+        plot_sweep(rows, sweep[0], path.with_suffix(".png"))
+        print(f"wrote {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+    elif args.metrics is not None or args.out is not None:
         path = _metrics_path(args)
-        record = rows[0] if len(rows) == 1 else run_record(task="attack sweep", results=rows)
-        write_json_atomic(path, record)
+        write_json_atomic(path, rows[0])
         print(f"wrote {path}" + (f" and {args.out}" if args.out is not None else ""))
     return EXIT_OK
 
@@ -210,8 +260,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.data != "digits" or args.data_path is not None:
         overrides.update(dataset=args.data, data_path=args.data_path)
     config = dataclasses.replace(config, **overrides)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-    cells = run_matrix(config, args.out, report=say)
+    cells = run_matrix(config, args.out, report=_step_printer(args))
     paths = render_matrix(cells, args.out)
     print(paths["markdown"].read_text(), end="")
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['png']}")
@@ -222,8 +271,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ownmark.demo import run_demo
 
     summary = run_demo(
-        args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed, progress=_progress(args)
+        args.out,
+        scheme=args.scheme,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=_progress(args),
+        report=_step_printer(args),
     )
     print(summary.table())
-    print(f"files in {args.out}/")
+    print(f"wrote {len(summary.files)} files; {args.out}/README.md says what each one is:")
+    for file in summary.files:
+        print(f"  {file}")
     return EXIT_OK if summary.correct else EXIT_NOT_OWNED
+
+
+def _step_printer(args: argparse.Namespace) -> Any:
+    """Step lines on stderr, flushed at once so that a log file shows them as they happen."""
+    if args.quiet:
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr, flush=True)

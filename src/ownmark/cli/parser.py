@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ownmark import __version__
 from ownmark.cli.common import EXIT_ERROR
-
-#: What ``ownmark --help`` says first.
-DESCRIPTION = (
-    "Watermark image classifiers and prove ownership of copies through their prediction API. "
-    "Exit codes: 0 success / owned, 1 not owned, 2 bad input, 3 inconclusive "
-    "(evidence check: 4 intact but unsigned)."
-)
+from ownmark.cli.helptext import DESCRIPTION, HelpFormatter, add_epilogs
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every command (sub-parsers are made with this class too) keeps its examples as
+        # written and states each option's default.
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line, like every other ownmark error, instead of argparse's usage dump.
         self.exit(EXIT_ERROR, f"ownmark: error: {message} (see '{self.prog} --help')\n")
@@ -52,11 +53,45 @@ def _add_training(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--momentum", type=float, default=0.9, help="default 0.9")
     parser.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
-    parser.add_argument("--device", default="cpu", help="torch device, default cpu")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (CUDA, then MPS, then CPU; default), cpu, cuda, cuda:1, mps; "
+        "the metrics record the one used",
+    )
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        metavar="N",
+        help="train on N training images, a seeded subset with every class in proportion "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--test-subset",
+        type=int,
+        metavar="N",
+        help="measure on N test images, chosen the same way (default: all)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     parser.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
-    parser.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file")
-    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint file, written at the end of each epoch (and see --checkpoint-every); "
+        "must not exist unless --resume; removed when the run ends",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also write --checkpoint every STEPS optimizer steps (default: at epoch ends only)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the existing --checkpoint (same arguments); ends with the same "
+        "weights as an uninterrupted run",
+    )
 
 
 def _add_params(parser: argparse.ArgumentParser, example: str) -> None:
@@ -88,6 +123,13 @@ def _add_attack(commands: argparse._SubParsersAction[_Parser]) -> None:
         sub.add_argument("--model", required=True, type=Path, help="model file to attack")
         sub.add_argument("--key", type=Path, help="measure watermark accuracy with this key")
         _add_data(sub)
+        sub.add_argument(
+            "--test-subset",
+            type=int,
+            metavar="N",
+            help="use N test images, a seeded subset with every class in proportion, as "
+            "'train --test-subset' (default: all)",
+        )
         _add_params(sub, "-p seed=1")
         sub.add_argument(
             "--sweep",
@@ -349,14 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="all",
         choices=["all", "schemes", "attacks", "models", "datasets", "protocols", "backends"],
+        help="which registry to list (default: all)",
     )
 
     data = commands.add_parser("data", help="download data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     download = data_commands.add_parser("download", help="download and verify a data set")
-    download.add_argument("name", choices=["mnist", "cifar10", "cifar100"])
+    download.add_argument(
+        "name", choices=["mnist", "cifar10", "cifar100"], help="data set to download"
+    )
     download.add_argument("--to", required=True, type=Path, help="folder to download into")
-    download.add_argument("--mirror", help="base URL to use instead of the official address")
+    download.add_argument(
+        "--mirror", help="base URL to use instead of the official address (default: official)"
+    )
 
     keygen = commands.add_parser("keygen", help="generate a watermark key")
     keygen.add_argument("--scheme", required=True, help=f"one of: {_names('schemes')}")
@@ -411,8 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     stamp.add_argument("key", type=Path, help="key file")
     stamp.add_argument("--tsa", required=True, metavar="URL", help="time-stamping authority")
     stamp.add_argument("--tsa-cert", type=Path, help="the TSA's certificate to check against")
-    show_key = key_commands.add_parser("show", help="print what a key commits to")
+    show_key = key_commands.add_parser(
+        "show",
+        help="print what a key commits to (as 'ownmark inspect KEY')",
+        description="Print a key's scheme, resolved parameters (secrets included: the key "
+        "file is secret), data set, p0 and its calibration, plan, commitment and time stamp.",
+    )
     show_key.add_argument("key", type=Path, help="key file")
+    show_key.add_argument("--json", action="store_true", help="print it as JSON to stdout")
 
     calibrate = commands.add_parser(
         "calibrate", help="calibrate an existing key's p0 on innocent reference models"
@@ -426,16 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration(calibrate, required=True)
 
     preview = commands.add_parser("preview", help="save a PNG of a key's images")
-    preview.add_argument("key", type=Path)
-    preview.add_argument("--out", required=True, type=Path)
-    preview.add_argument("--count", type=int, default=16)
+    preview.add_argument("key", type=Path, help="key file")
+    preview.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    preview.add_argument(
+        "--count", type=int, default=16, help="key samples shown (original and trigger each)"
+    )
 
     train = commands.add_parser("train", help="train a clean model")
     _add_data(train)
     _add_training(train, epochs=50)
 
     embed = commands.add_parser("embed", help="train (or fine-tune) a model with a key embedded")
-    embed.add_argument("--key", required=True, type=Path)
+    embed.add_argument(
+        "--key", required=True, type=Path, help="key file to embed (from 'ownmark keygen')"
+    )
     _add_data(embed)
     _add_training(embed, epochs=50)
     embed.add_argument("--from", dest="init", type=Path, help="fine-tune this model file")
@@ -455,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_factory(embed)
 
     verify = commands.add_parser("verify", help="verify ownership of a suspect model or API")
-    verify.add_argument("--key", required=True, type=Path)
+    verify.add_argument(
+        "--key", required=True, type=Path, help="the owner's key file (embedded in the model)"
+    )
     target = verify.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", type=Path, help="suspect model file (in this process)")
     target.add_argument(
@@ -471,8 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="evidence_command", required=True, parser_class=_Parser
     )
     check = evidence_commands.add_parser("check", help="re-check an evidence file against a key")
-    check.add_argument("evidence", type=Path)
-    check.add_argument("--key", required=True, type=Path)
+    check.add_argument("evidence", type=Path, help="evidence JSON written by 'ownmark verify'")
+    check.add_argument(
+        "--key", required=True, type=Path, help="the key file the evidence was made with"
+    )
     check.add_argument(
         "--public-key",
         type=Path,
@@ -492,8 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", help="model name in the URL (default: the file name's stem)")
     serve.add_argument("--answer", default="label", help="label (default), topk or probabilities")
     serve.add_argument("--top-k", type=int, default=5, help="labels per image for topk")
-    serve.add_argument("--max-batch", type=int, default=256, help="images per request")
-    serve.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit")
+    serve.add_argument("--max-batch", type=int, default=256, help="most images per request")
+    serve.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="largest request body, in MiB"
+    )
     serve.add_argument(
         "--token", help="require this bearer token (default: OWNMARK_SERVE_TOKEN if set)"
     )
@@ -522,18 +585,87 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_factory(serve)
 
     export = commands.add_parser("export", help="export a model file to ONNX")
-    export.add_argument("model", type=Path)
+    export.add_argument("model", type=Path, help="model file (.safetensors) to export")
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     _add_allow_factory(export)
 
     _add_attack(commands)
     _add_matrix(commands)
 
-    demo = commands.add_parser("demo", help="the whole flow on the built-in MNIST digits")
-    demo.add_argument("--out", type=Path, default=Path("ownmark-demo"), help="output folder")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole flow on the built-in MNIST digits (about 100 s on 2 CPU cores)",
+        description="The whole flow on the 5,000 built-in MNIST digits, offline: train a clean "
+        "model, clean references of two architectures and models carrying other owners' keys; "
+        "make a secret key and calibrate its p0 on the references; embed it; prune and "
+        "fine-tune the watermarked model; then serve every suspect on 127.0.0.1 and verify it "
+        "through its API only. Takes about 100 s on 2 CPU cores (more with --epochs), with a "
+        "numbered line per step.\n\n"
+        "Writes under --out: README.md (what every file is), each model's .safetensors with "
+        "its metrics .json (same name), key.safetensors (the owner's secret key) and "
+        "key-preview.png, calibration.json, evidence/ (an evidence file and a readable report "
+        "per verified suspect), summary.md and summary.json (the results table with scheme, "
+        "key, p0 and alpha).",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("ownmark-demo"),
+        help="output folder, created if needed (default: ownmark-demo)",
+    )
     demo.add_argument(
         "--scheme", default="content", help=f"one of: {_names('schemes')} (default content)"
     )
     demo.add_argument("--epochs", type=int, default=8, help="training epochs, default 8")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the models and (offset) of the demo's keys, default 0",
+    )
+    _add_info(commands)
+    add_epilogs(parser)
     return parser
+
+
+def _add_info(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``ownmark env``, ``ownmark inspect`` and ``ownmark completion``."""
+    env = commands.add_parser(
+        "env",
+        help="report versions, the torch build, the device and the machine",
+        description="Print ownmark's, Python's and torch's versions, torch's build (CPU, CUDA, "
+        "ROCm) and backends, the device '--device auto' picks (CUDA, then MPS, then CPU), "
+        "torch's threads, the versions of the packages ownmark uses (or 'not installed'), "
+        "the platform, CPU model and core count. Attach it to bug reports.",
+    )
+    env.add_argument("--json", action="store_true", help="print the report as JSON to stdout")
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="describe a key, model or evidence file",
+        description="Tell what PATH is (an ownmark key, model or evidence file) and print what "
+        "it holds. Key: scheme, resolved parameters (secrets included: the key file is "
+        "secret), data set, classes, key samples and decoys, seed, p0 and its calibration, "
+        "plan, released model, commitment, time stamp. Model: architecture, classes, input, "
+        "normalisation, recorded metadata, parameter count and SHA-256 (the weights are not "
+        "loaded and no model code runs). Evidence: verdict, p-value, suspect, key "
+        "commitment, queries, control group, signature (not re-checked: see 'ownmark "
+        "evidence check').",
+    )
+    inspect.add_argument("path", type=Path, help="key (.safetensors), model or evidence (.json)")
+    inspect.add_argument("--json", action="store_true", help="print it as JSON to stdout")
+
+    completion = commands.add_parser(
+        "completion",
+        help="shell completion of commands and options (needs ownmark[completion])",
+        description="Print the lines that turn on completion of ownmark's commands, options "
+        "and file names in bash or zsh, using argcomplete (pip install 'ownmark[completion]'). "
+        "With --script, print the completion script itself instead.",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="your shell")
+    completion.add_argument(
+        "--script",
+        action="store_true",
+        help="print the whole completion script (for a completions folder) instead of the "
+        "activation line",
+    )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ownmark.data.base import DataSplits, ImageDataset, stratified_split
+from ownmark.data.base import DataSplits, ImageDataset, stratified_split, stratified_subset
 from ownmark.data.cifar import load_cifar10, load_cifar100
 from ownmark.data.download import DOWNLOADS, download_dataset
 from ownmark.data.embedded import load_builtin_digits
@@ -160,4 +160,5 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "stratified_split",
+    "stratified_subset",
 ]

@@ -146,3 +146,33 @@ def stratified_split(
         test_parts.append(rows[:n_test])
         train_parts.append(rows[n_test:])
     return rng.permutation(np.concatenate(train_parts)), rng.permutation(np.concatenate(test_parts))
+
+
+def stratified_subset(data: ImageDataset, size: int, seed: int = 0) -> ImageDataset:
+    """``size`` rows of ``data`` drawn at random, each class keeping its share of the rows.
+
+    Class counts are proportional to the full data's, rounded by largest remainder, so they add
+    up to exactly ``size``. Deterministic for a given ``seed`` (default 0: every caller asking
+    for the same size of the same data gets the same rows, so models trained and attacked on
+    a subset are measured on the same images). Rows come back shuffled, not sorted by class:
+    the attacks split a test set into halves (see :func:`stratified_split`).
+
+    Raises:
+        ValueError: ``size`` is not between 1 and ``len(data)``.
+    """
+    if not 1 <= size <= len(data):
+        raise ValueError(f"a subset of {len(data)} rows has 1 to {len(data)} rows, not {size}")
+    labels = data.labels.numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / len(data)
+    taken = np.floor(quota).astype(np.int64)
+    # Largest remainders first; a stable sort breaks ties by class order.
+    order = np.argsort(-(quota - taken), kind="stable")
+    taken[order[: size - int(taken.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    parts = [
+        rng.permutation(np.flatnonzero(labels == label))[:count]
+        for label, count in zip(classes, taken, strict=True)
+    ]
+    rows = rng.permutation(np.concatenate(parts))
+    return data.subset(torch.from_numpy(rows), f"{data.name}[{size} of {len(data)}, seed {seed}]")

@@ -4,7 +4,7 @@ remote protocols and evidence files."""
 from __future__ import annotations
 
 from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, clopper_pearson_upper
-from ownmark.verify.suspects import LocalModelSuspect, Suspect
+from ownmark.verify.suspects import LocalModelSuspect, Suspect, SuspectUnreachable
 from ownmark.verify.verifier import (
     QueryRecord,
     VerificationResult,
@@ -18,6 +18,7 @@ __all__ = [
     "LocalModelSuspect",
     "QueryRecord",
     "Suspect",
+    "SuspectUnreachable",
     "Verdict",
     "VerificationResult",
     "VerifyConfig",

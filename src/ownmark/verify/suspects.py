@@ -16,8 +16,18 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ownmark.errors import ConfigError
+from ownmark.errors import ConfigError, OwnmarkError
 from ownmark.metrics import logits
+
+
+class SuspectUnreachable(OwnmarkError):
+    """The suspect could not be reached at all: no answer of any kind ever came back.
+
+    Raised by a suspect's ``query`` when it has never had a response (a refused connection,
+    an unknown host). The verifier lets it through when nothing was answered yet, so a
+    mistyped address fails at once with this message instead of a run of failed queries
+    ending "inconclusive".
+    """
 
 
 @dataclass(frozen=True)

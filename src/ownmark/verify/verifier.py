@@ -39,7 +39,13 @@ from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
 from ownmark.schemes import answer_matches
 from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, fisher_one_sided
-from ownmark.verify.suspects import InvalidAnswer, QueryOnly, Suspect, as_suspect
+from ownmark.verify.suspects import (
+    InvalidAnswer,
+    QueryOnly,
+    Suspect,
+    SuspectUnreachable,
+    as_suspect,
+)
 
 
 @dataclass(frozen=True)
@@ -384,6 +390,7 @@ def verify_ownership(
     *,
     on_request: Callable[[int, int, int], None] | None = None,
     test: BinomialTest | None = None,
+    check_input: bool = False,
     **overrides: Any,
 ) -> VerificationResult:
     """Query ``suspect`` with the key samples and its decoys and decide ownership.
@@ -397,6 +404,14 @@ def verify_ownership(
         on_request: called after each request with (requests, key queries, matches).
         test: the test :func:`plan_test` made for ``key`` and this config, when the caller
             has planned it already (default None: planned here), so it is planned once.
+        check_input: ask the suspect first whether it takes the key's images (for an API
+            this fetches its metadata; default False: the CLI checks before it plans).
+
+    Raises:
+        SuspectUnreachable: the first request got no answer of any kind (a wrong address,
+            a server that is down); nothing was verified.
+        ConfigError, QueryError: with ``check_input``, the suspect does not take the key's
+            images or its metadata cannot be fetched.
 
     Returns:
         The verdict, the statistics and a record of every query. "owned" needs the binomial
@@ -405,6 +420,8 @@ def verify_ownership(
     config = VerifyConfig(**{**asdict(config or VerifyConfig()), **overrides})
     test = plan_test(key, config) if test is None else test
     suspect = as_suspect(suspect)
+    if check_input:
+        suspect.check_input(key.image_shape)
     wire: list[dict[str, Any]] = []
     layout = RequestLayout(key, config)
     records: list[QueryRecord] = []
@@ -510,6 +527,10 @@ def _one_request(
         answers = list(suspect.query(images))
         if len(answers) != len(items):
             failure = f"expected {len(items)} answers, got {len(answers)}"
+    except SuspectUnreachable as exc:
+        if request == 0:
+            raise  # a wrong address or a server that is down: say so, do not "verify"
+        failure = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # any failure of the suspect is an error, never a crash
         failure = f"{type(exc).__name__}: {exc}"
     received_at = _now()

@@ -28,6 +28,7 @@ from ownmark import __version__
 from ownmark.errors import ConfigError, OwnmarkError
 from ownmark.verify.remote.deadline import _Deadline, _DeadlineTransport
 from ownmark.verify.remote.policy import _MIB, HttpPolicy
+from ownmark.verify.suspects import SuspectUnreachable
 
 __all__ = ["Clock", "QueryError", "Sleep", "json_bytes"]
 
@@ -61,6 +62,10 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+class UnreachableError(QueryError, SuspectUnreachable):
+    """No attempt ever reached the server (see :class:`~ownmark.verify.SuspectUnreachable`)."""
+
+
 @dataclass(frozen=True)
 class _Failure:
     """Why one attempt failed, and whether to retry.
@@ -73,6 +78,7 @@ class _Failure:
     hint: str = ""
     retry: bool = True
     wait: float | None = None  # the server's Retry-After, if it gave one
+    unreachable: bool = False  # the connection itself could not be made
 
     def message(self, retries: int) -> str:
         text = self.cause
@@ -130,6 +136,8 @@ class _Transport:
         self._last_start: float | None = None
         self._budget_start: float | None = None
         self.requests_sent = 0
+        #: whether any response (of any status) ever came back
+        self.reached = False
         self.retries_done = 0
 
     def close(self) -> None:
@@ -170,6 +178,8 @@ class _Transport:
             if isinstance(outcome, _Answer):
                 return outcome.payload if raw else _decode_json(outcome.payload, url)
             if not outcome.retry or attempt >= self.policy.retries:
+                if outcome.unreachable and not self.reached:
+                    raise UnreachableError(outcome.message(attempt))
                 raise QueryError(outcome.message(attempt))
             wait = outcome.wait if outcome.wait is not None else self._backoff(attempt)
             self._wait(wait, outcome.message(attempt))
@@ -283,6 +293,7 @@ class _Transport:
             return _Failure(
                 f"cannot connect to {_origin(url)} ({_reason(exc)})",
                 hint="is the server running?",
+                unreachable=True,
             )
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise QueryError(f"cannot query {url}: {_reason(exc)}") from exc
@@ -294,6 +305,7 @@ class _Transport:
     def _answer(
         self, response: httpx.Response, url: str, expires: float | None
     ) -> _Answer | _Failure:
+        self.reached = True
         status = response.status_code
         if 300 <= status < 400:
             return _redirect_failure(response, url)
