@@ -595,6 +595,22 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["keygen", "--out", "{OUT}/K"],
         ["required", "--scheme", "ownmark keygen --help"],
     ),
+    # --- every command has at least one case (the ones below had none)
+    "list-unknown-registry": (["list", "widgets"], ["invalid choice", "'widgets'"]),
+    "data-unknown-set": (["data", "download", "imagenet", "--to", "{OUT}/d"], ["'imagenet'"]),
+    "env-unknown-option": (["env", "--colour"], ["unrecognized arguments", "--colour"]),
+    "inspect-missing-file": (["inspect", "{MISSING}"], ["{MISSING}"]),
+    "key-show-missing-file": (["key", "show", "{MISSING}"], ["key file not found"]),
+    "completion-unknown-shell": (["completion", "fish"], ["'fish'"]),
+    "matrix-unknown-attack": (
+        ["matrix", "--out", "{OUT}/mx", "--attacks", "nope"],
+        ["unknown attack 'nope'", "prune"],
+    ),
+    "matrix-bad-seeds": (
+        ["matrix", "--out", "{OUT}/mx", "--seeds", "one,two"],
+        ["--seeds", "'one,two'"],
+    ),
+    "matrix-out-is-a-file": (["matrix", "--out", "{M}"], ["--out", "is a file"]),
     "train-zero-epochs": (
         ["-q", "train", "--epochs", "0", "--out", "{OUT}/M2"],
         ["--epochs", "at least 1"],
@@ -630,6 +646,28 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     "usage-unknown-option": (
         ["verify", "--key", "{K}", "--model", "{M}", "--bogus"],
         ["unrecognized", "--bogus"],
+    ),
+    # --- data paths: the hint names a folder, never a download into an archive's name
+    "train-mnist-path-is-a-tarball": (
+        ["-q", "train", "--data", "mnist", "--data-path", "{NODIR}/X.tar.gz", "--out", "{OUT}/M"],
+        ["CIFAR's format", "--data cifar10", "ownmark data download mnist --to {NODIR}/mnist"],
+    ),
+    "train-mnist-path-is-a-file": (
+        ["-q", "train", "--data", "mnist", "--data-path", "{M}", "--out", "{OUT}/M"],
+        ["is a file", "four IDX files in a folder", "ownmark data download mnist --to"],
+    ),
+    "data-download-offline-leaves-no-folder": (
+        ["-q", "data", "download", "mnist", "--to", "{OUT}/data/mnist", "--mirror", "{NODIR}"],
+        ["download of", "failed"],
+    ),
+    # --- ownmark --json: errors as usual, nothing on stdout
+    "json-serve-has-no-result": (
+        ["--json", "serve", "{M}"],
+        ["'serve' reports no result", "drop --json"],
+    ),
+    "json-train-zero-epochs": (
+        ["--json", "-q", "train", "--epochs", "0", "--out", "{OUT}/M2"],
+        ["--epochs", "at least 1"],
     ),
 }
 
@@ -935,3 +973,31 @@ def test_sweep_stays_inside_its_bounds() -> None:
     for bad in ("rate", "rate=0.9..0.1", "rate=a..b", "=1,2"):
         with pytest.raises(ConfigError):
             parse_sweep(bad)
+
+
+def test_a_key_for_other_data_names_its_data_set_and_the_fix(
+    assets: dict[str, str], out_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A colour key (made for cifar10) with the default built-in digits: say which data."""
+    import torch
+
+    from ownmark.data import DataSplits, ImageDataset
+    from ownmark.keys import save_key
+    from ownmark.schemes import create_scheme
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(400) % 10
+    classes = tuple(str(i) for i in range(10))
+    split = ImageDataset(images, labels, classes, "cifar10/train")
+    colour = DataSplits(split, ImageDataset(images[:100], labels[:100], classes, "cifar10/test"))
+    key = create_scheme("noise", num_keys=20, num_decoys=20).generate(
+        colour, seed=0, dataset="cifar10"
+    )
+    path = out_dir / "cifar-key.safetensors"
+    save_key(key, path)
+    rc, out, err = run_cli(
+        ["-q", "embed", "--key", str(path), "--epochs", "1", "--out", str(out_dir / "E")], capsys
+    )
+    assert_one_line_error(rc, out, err, "made for cifar10", "3x32x32", "--data cifar10")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["cifar-key.safetensors"]

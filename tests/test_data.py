@@ -94,6 +94,23 @@ def test_mnist_missing_folder(tmp_path: Path) -> None:
         load_mnist(tmp_path / "nope")
 
 
+def test_mnist_path_to_a_file_points_to_a_folder(tmp_path: Path) -> None:
+    """A tarball (present or not) is CIFAR's format: no download 'into' the archive's name."""
+    tarball = tmp_path / "X.tar.gz"
+    tarball.write_bytes(b"")
+    for path in (tarball, tmp_path / "missing.tar.gz"):
+        with pytest.raises(DataError, match="CIFAR's format") as info:
+            load_mnist(path)
+        message = str(info.value)
+        assert f"--to {tmp_path / 'mnist'}" in message, message
+        assert f"--to {path}" not in message
+        assert "\n" not in message
+    make_mnist(tmp_path, gz=True)
+    with pytest.raises(DataError, match="one of its IDX files") as info:
+        load_mnist(tmp_path / "t10k-images-idx3-ubyte.gz")
+    assert f"--data-path {tmp_path}" in str(info.value)
+
+
 def test_mnist_wrong_magic(tmp_path: Path) -> None:
     make_mnist(tmp_path, gz=False)
     # A label file where an image file should be: magic 0x801 instead of 0x803.
@@ -632,6 +649,24 @@ def test_download_errors(tmp_path: Path, tiny: _FileServer) -> None:
     with pytest.raises(DataError, match="failed") as info:
         download_dataset("tiny", tmp_path, mirror=f"http://127.0.0.1:{port}/", progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_failed_download_leaves_no_empty_folders(tmp_path: Path, tiny: _FileServer) -> None:
+    """Offline: the folders the call made are removed; a saved file keeps its folder."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DataError, match="failed"):
+        download_dataset("tiny", tmp_path / "a" / "b", mirror=f"http://127.0.0.1:{port}/")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "existing").mkdir()
+    with pytest.raises(DataError, match="failed"):
+        download_dataset("tiny", tmp_path / "existing", mirror=f"http://127.0.0.1:{port}/")
+    assert (tmp_path / "existing").is_dir()  # not made by the call: kept
+    del tiny.files["b.bin"]
+    with pytest.raises(DataError, match="HTTP 404"):
+        download_dataset("tiny", tmp_path / "c" / "d", mirror=tiny.url, progress=False)
+    assert (tmp_path / "c" / "d" / "a.bin").read_bytes() == FILE_A
 
 
 @pytest.mark.parametrize("dangling", [False, True])

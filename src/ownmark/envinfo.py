@@ -70,12 +70,11 @@ def _mps_available() -> bool:
 
 
 def auto_device() -> str:
-    """The device ``--device auto`` stands for: CUDA if usable, then Apple's MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if _mps_available():
-        return "mps"
-    return "cpu"
+    """The device ``--device auto`` stands for (the training loop's own choice, so that this
+    report and training never disagree): CUDA if usable, then Apple's MPS, then the CPU."""
+    from ownmark.train import resolve_device
+
+    return resolve_device("auto")
 
 
 def cpu_model() -> str:

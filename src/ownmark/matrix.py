@@ -332,7 +332,14 @@ def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str,
                     "owned": sum(c["verdict"] == "owned" for c in group),
                     "seeds": len(group),
                 }
+    settings = out / "config.json"
+    config = json.loads(settings.read_text())["config"] if settings.is_file() else {}
+    seeds = sorted({c["seed"] for c in cells})
     lines = [
+        f"Data set `{config.get('dataset', '?')}`, {config.get('epochs', '?')} epochs, seeds "
+        f"{', '.join(map(str, seeds))}; each key calibrated on clean references (p0 per cell in "
+        "`matrix.json`) and verified with its own plan (alpha 1e-6, budget 100 by default).",
+        "",
         "Each cell: watermark accuracy / clean test accuracy / seeds verified as owned.",
         "",
         "| scheme | " + " | ".join(attacks) + " |",
@@ -353,6 +360,20 @@ def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str,
     write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
     write_json_atomic(paths["json"], {"summary": summary, "cells": cells})
     _heatmap(summary, schemes, attacks, paths["png"])
+    index = Steps(0)
+    for path, what in (
+        (paths["markdown"], "the table: watermark / test accuracy / seeds owned per cell"),
+        (paths["json"], "the same summary plus every cell's full record"),
+        (paths["png"], "heat map of watermark accuracy, with the owned counts"),
+        (out / "config.json", "the settings of the run (seeds, epochs, attacks, versions)"),
+        (out / "cells", "one JSON record per scheme x attack x seed (a rerun skips these)"),
+        (out / "models", "reference and watermarked models, reused by a rerun"),
+        (out / "keys", "each scheme's key and its calibration, per seed"),
+    ):
+        index.wrote(path, what)
+    paths["index"] = index.write_index(
+        out, "ownmark matrix", "Written by `ownmark matrix`; rerun the command to resume it."
+    )
     return paths
 
 

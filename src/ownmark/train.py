@@ -445,7 +445,7 @@ def fit(
         desc=description,
         unit="batch",
         disable=None if progress else True,  # None: only on a terminal
-        leave=False,
+        leave=True,  # a finished run stays as one line saying what it trained
     )
     with _keep_freed_memory():
         try:

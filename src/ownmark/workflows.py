@@ -52,6 +52,8 @@ def check_compatible(
     """Raise ConfigError if the model, key and data disagree on classes or image shape."""
     spec = model.spec
     shape = (spec.in_channels, *spec.input_size)
+    if key is not None and data is not None:
+        _check_key_data(key, data)
     if key is not None:
         if key.model_classes != spec.num_classes:
             raise ConfigError(
@@ -69,6 +71,24 @@ def check_compatible(
             )
         if data.image_shape != shape:
             raise ConfigError(f"data images are {data.image_shape} but the model takes {shape}")
+
+
+def _check_key_data(key: KeySet, data: DataSplits) -> None:
+    """A key made for another data set: name it, and the options that load it."""
+    if key.image_shape == data.image_shape and key.num_classes == data.num_classes:
+        return
+    made_for = key.dataset.split("/")[0] or "another data set"
+    fix = (
+        "drop --data (the key is for the built-in digits)"
+        if made_for == "digits"
+        else f"add --data {made_for} --data-path DIR"
+    )
+    c, h, w = key.image_shape
+    raise ConfigError(
+        f"this key was made for {made_for} ({c}x{h}x{w} images, {key.num_classes} classes) but "
+        f"the data is {data.train.name} ({'x'.join(map(str, data.image_shape))}, "
+        f"{data.num_classes} classes): {fix}"
+    )
 
 
 def run_record(**fields: Any) -> dict[str, Any]:
@@ -193,7 +213,9 @@ def train_model(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
-        description="embed" if key is not None else "train",
+        description=(
+            f"{'embed' if key is not None else 'train'} {model.spec.arch} seed {config.seed}"
+        ),
         checkpoint_every=checkpoint_every,
         report=report,
     )

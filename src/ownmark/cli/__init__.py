@@ -11,12 +11,15 @@ Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage, 3 inconclusive
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from ownmark.cli.common import EXIT_ERROR, preflight
+from ownmark.cli.common import EXIT_ERROR, JSON_COMMANDS, json_mode, plain, preflight
 from ownmark.cli.info import cmd_completion, cmd_env, cmd_inspect
 from ownmark.cli.keys import cmd_calibrate, cmd_key, cmd_keygen, cmd_preview
 from ownmark.cli.models import (
@@ -31,7 +34,7 @@ from ownmark.cli.models import (
 )
 from ownmark.cli.parser import build_parser
 from ownmark.cli.verify import cmd_evidence, cmd_verify
-from ownmark.errors import OwnmarkError
+from ownmark.errors import ConfigError, OwnmarkError
 from ownmark.registry import parse_sweep
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_sweep"]
@@ -74,6 +77,44 @@ def _autocomplete(parser: argparse.ArgumentParser) -> None:
     argcomplete.autocomplete(parser)
 
 
+#: Each command's sub-command argument, for the ``command`` field of ``--json`` output.
+_SUBCOMMANDS = {
+    "attack": "attack",
+    "data": "data_command",
+    "key": "key_command",
+    "evidence": "evidence_command",
+}
+
+
+def _run_json(args: argparse.Namespace) -> int:
+    """Run the command for ``ownmark --json``: its result as one JSON object on stdout.
+
+    The object is the command's record (see :func:`ownmark.cli.common.emit`) with
+    ``command`` (e.g. ``"attack prune"``) and ``exit_code``; the human text goes to stderr.
+    ``env``, ``inspect`` and ``key show`` print their own JSON (as with their ``--json``).
+    """
+    if args.command not in JSON_COMMANDS:
+        raise ConfigError(
+            f"'{args.command}' reports no result to print as JSON; drop --json "
+            f"(it works with: {', '.join(sorted(JSON_COMMANDS))})"
+        )
+    if args.command in ("env", "inspect") or (args.command == "key" and args.key_command == "show"):
+        args.json = True
+        return COMMANDS[args.command](args)
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        code = COMMANDS[args.command](args)
+    sub = getattr(args, _SUBCOMMANDS.get(args.command, ""), None)
+    record: dict[str, Any] = getattr(args, "json_record", None) or {}
+    document = {
+        "command": f"{args.command} {sub}" if isinstance(sub, str) else args.command,
+        **plain(record),
+        "exit_code": code,
+    }
+    print(json.dumps(document, indent=2, allow_nan=False), file=stdout, flush=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ownmark`` command; returns the exit code."""
     parser = build_parser()
@@ -82,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="ownmark: %(message)s")
     try:
         preflight(args)
+        if json_mode(args):
+            return _run_json(args)
         return COMMANDS[args.command](args)
     except OwnmarkError as exc:
         print(f"ownmark: error: {exc}", file=sys.stderr)

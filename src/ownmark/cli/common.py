@@ -21,6 +21,71 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet
 
 
+#: Commands whose result ``ownmark --json COMMAND`` prints as one JSON object on stdout;
+#: ``env``, ``inspect`` and ``key show`` print their own (as with their ``--json``).
+JSON_COMMANDS = frozenset(
+    {
+        "list",
+        "data",
+        "keygen",
+        "preview",
+        "train",
+        "embed",
+        "calibrate",
+        "key",
+        "verify",
+        "evidence",
+        "export",
+        "attack",
+        "matrix",
+        "demo",
+        "env",
+        "inspect",
+    }
+)
+
+
+def json_mode(args: argparse.Namespace) -> bool:
+    """Whether ``ownmark --json`` asked for the result as JSON on stdout."""
+    return bool(getattr(args, "json_stdout", False))
+
+
+def emit(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Hand the command's result to ``ownmark --json`` (a no-op without it).
+
+    The command prints its human text as usual; under ``--json`` :func:`ownmark.cli.main`
+    sends that text to stderr and prints ``record`` (with the command and its exit code) as
+    the only thing on stdout once the command returns.
+    """
+    if json_mode(args):
+        args.json_record = record
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: paths and enums as text, NaN/inf as null, arrays as lists."""
+    import dataclasses
+    import enum
+    import math
+
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, tensors
+        return plain(value.tolist())
+    return str(value)
+
+
 def _load_data(args: argparse.Namespace) -> Any:
     from ownmark.data import load_dataset
 

@@ -31,7 +31,8 @@ The main flow:
 
 Try the whole flow on the built-in MNIST digits: ownmark demo (about 100 s on
 2 CPU cores). 'ownmark env' reports versions and devices; 'ownmark inspect FILE'
-describes a key, model or evidence file.
+describes a key, model or evidence file. 'ownmark --json COMMAND ...' prints the
+command's result as one JSON object on stdout (its usual text goes to stderr).
 
 Exit codes: 0 success / owned, 1 not owned, 2 bad input or usage (one line on
 stderr, no file left behind), 3 inconclusive, 130 interrupted; 'evidence check':

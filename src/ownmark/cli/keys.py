@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ownmark.cli.common import EXIT_OK, _load_data, _parse_params, log
+from ownmark.cli.common import EXIT_OK, _load_data, _parse_params, emit, log
 from ownmark.errors import ConfigError
 
 
@@ -62,6 +62,38 @@ def _print_calibration(report: Any) -> None:
         f"{len(report.references)} references a new model beats them all with probability up "
         f"to {report.innocent_tail_bound:.2g})"
     )
+
+
+def _calibration_record(report: Any) -> dict[str, Any] | None:
+    """What ``ownmark --json keygen|calibrate`` reports of a calibration (None: none ran)."""
+    if report is None:
+        return None
+    return {
+        **dataclasses.asdict(report),
+        "method": report.method,
+        "groups": {
+            group: {"models": models, "matches": matches, "trials": trials}
+            for group, (models, matches, trials) in report.group_rates().items()
+        },
+    }
+
+
+def _key_record(key: Any, commitment: str, out: Path, report: Any) -> dict[str, Any]:
+    return {
+        "key": out,
+        "commitment": commitment,
+        "scheme": key.scheme,
+        "dataset": key.dataset,
+        "samples": len(key),
+        "decoys": len(key.decoys),
+        "key_labels": sorted(set(key.labels.tolist())),
+        "p0": key.p0,
+        "p0_calibrated": report is not None,
+        "alpha": key.alpha,
+        "max_queries": key.max_queries,
+        "timestamped": bool(key.timestamp_token),
+        "calibration": _calibration_record(report),
+    }
 
 
 def _check_plan(args: argparse.Namespace, key: Any) -> None:
@@ -146,6 +178,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         )
     if not args.tsa:
         print("no trusted date yet: time-stamp it with 'ownmark key timestamp KEY --tsa URL'")
+    record = _key_record(key, commitment, args.out, report)
+    emit(args, record | ({"preview": args.preview} if args.preview is not None else {}))
     return EXIT_OK
 
 
@@ -161,6 +195,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(key)} key samples, p0 {key.p0:.4g}")
     print(f"commitment {commitment}")
     _print_calibration(report)
+    emit(args, _key_record(key, commitment, args.out, report))
     return EXIT_OK
 
 
@@ -172,6 +207,7 @@ def cmd_key(args: argparse.Namespace) -> int:
         key = _timestamp(load_key(args.key), args.tsa, args.tsa_cert)
         save_key(key, args.key)
         print(f"wrote {args.key} with the time stamp (commitment {key.commitment})")
+        emit(args, {"key": args.key, "commitment": key.commitment, "timestamped": True})
         return EXIT_OK
     # The same description as 'ownmark inspect KEY' (one formatter for both).
     show_key(args.key, args.json)
@@ -184,4 +220,5 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     save_preview(load_key(args.key), args.out, args.count)
     print(f"wrote {args.out}")
+    emit(args, {"key": args.key, "files": {"preview": args.out}})
     return EXIT_OK

@@ -18,6 +18,8 @@ from ownmark.cli.common import (
     _parse_params,
     _progress,
     _train_config,
+    emit,
+    json_mode,
 )
 from ownmark.errors import ConfigError
 from ownmark.registry import parse_sweep
@@ -43,9 +45,21 @@ def registries() -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    listed: dict[str, list[dict[str, Any]]] = {}
     for plural, registry in registries().items():
         if args.what not in ("all", plural):
             continue
+        listed[plural] = [
+            {
+                "name": entry.name,
+                "summary": entry.summary,
+                "params": {
+                    p.name: {"type": str(p.type), "default": p.default}
+                    for p in entry.params.values()
+                },
+            }
+            for entry in registry
+        ]
         print(f"{plural}:")
         for entry in registry:
             print(f"  {entry.name:14s} {entry.summary}")
@@ -53,6 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if entry.params and plural in ("schemes", "attacks"):
                 params = ", ".join(f"{p.name}={p.default!r}" for p in entry.params.values())
                 print(f"  {'':14s}   parameters: {params}")
+    emit(args, listed)
     return EXIT_OK
 
 
@@ -62,6 +77,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     files = download_dataset(args.name, args.to, mirror=args.mirror, progress=_progress(args))
     for file in files:
         print(f"verified {file}")
+    emit(args, {"dataset": args.name, "folder": args.to, "files": list(files)})
     return EXIT_OK
 
 
@@ -129,6 +145,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if key is not None:
         print(f", watermark accuracy {_fmt(result.watermark_accuracy)}", end="")
     print(f", {result.epochs} epochs in {result.seconds:.1f} s on {config.device}")
+    if json_mode(args):
+        import json
+
+        record = json.loads(_metrics_path(args).read_text())
+        files = {"model": args.out, "metrics": _metrics_path(args)}
+        if key is not None:
+            files["key"] = key_out
+            record["key_commitment"] = commitment
+        emit(args, {"metrics": record, "files": files})
     return EXIT_OK
 
 
@@ -175,6 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_onnx(load_model(args.model, args.allow_factory), args.onnx)
     print(f"wrote {path} (ONNX; serve it with 'ownmark serve {path} --backend onnxruntime')")
+    emit(args, {"model": args.model, "files": {"onnx": path}})
     return EXIT_OK
 
 
@@ -207,6 +233,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         row["test_subset"] = subsets["test_subset"]
     table = _attack_table(rows)
     print(table)
+    files: dict[str, Path] = {}
     if sweep is not None:
         # A sweep is worth keeping: its metrics, table and plot, by default under
         # ownmark-attacks/ (the way verify keeps its evidence under ownmark-evidence/).
@@ -218,10 +245,26 @@ def cmd_attack(args: argparse.Namespace) -> int:
         write_text_atomic(path.with_suffix(".md"), table + "\n")
         plot_sweep(rows, sweep[0], path.with_suffix(".png"))
         print(f"wrote {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+        files = {
+            "metrics": path,
+            "table": path.with_suffix(".md"),
+            "plot": path.with_suffix(".png"),
+        }
     elif args.metrics is not None or args.out is not None:
         path = _metrics_path(args)
         write_json_atomic(path, rows[0])
         print(f"wrote {path}" + (f" and {args.out}" if args.out is not None else ""))
+        files = {"metrics": path} | ({"model": args.out} if args.out is not None else {})
+    emit(
+        args,
+        {
+            "attack": args.attack,
+            "model": args.model,
+            "swept": sweep[0] if sweep is not None else None,
+            "rows": rows,
+            "files": files,
+        },
+    )
     return EXIT_OK
 
 
@@ -264,6 +307,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     paths = render_matrix(cells, args.out)
     print(paths["markdown"].read_text(), end="")
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['png']}")
+    if json_mode(args):
+        import json
+
+        summary = json.loads(paths["json"].read_text())["summary"]
+        emit(args, {"summary": summary, "cells": len(cells), "files": paths})
     return EXIT_OK
 
 
@@ -282,6 +330,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote {len(summary.files)} files; {args.out}/README.md says what each one is:")
     for file in summary.files:
         print(f"  {file}")
+    emit(
+        args,
+        {
+            "config": summary.config,
+            "rows": summary.rows,
+            "correct": summary.correct,
+            "files": summary.files,
+        },
+    )
     return EXIT_OK if summary.correct else EXIT_NOT_OWNED
 
 

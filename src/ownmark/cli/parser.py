@@ -381,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ownmark", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"ownmark {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--json",
+        dest="json_stdout",
+        action="store_true",
+        help="print the command's result as one JSON object on stdout (with 'command' and "
+        "'exit_code'); its usual text goes to stderr. Goes before the command: "
+        "'ownmark --json verify ...' ('verify --json FILE' still writes a file)",
+    )
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )

@@ -12,6 +12,7 @@ from ownmark.cli.common import (
     EXIT_NOT_OWNED,
     EXIT_OK,
     EXIT_UNSIGNED,
+    emit,
 )
 from ownmark.errors import ConfigError
 
@@ -220,6 +221,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     print(f"verdict: {result.verdict.value}")
     print(f"evidence {json_path} (report {report_path})")
+    files = {"evidence": json_path, "report": report_path}
+    emit(
+        args,
+        result.summary()
+        | {
+            "p0_origin": _p0_origin(key, args.p0),
+            "guarantee": guarantee(key.p0_source, result.alpha),
+            "failures": failures,
+            "evidence": json_path,
+            "files": files | ({"json": args.json} if args.json is not None else {}),
+        },
+    )
     return {
         Verdict.OWNED: EXIT_OK,
         Verdict.NOT_OWNED: EXIT_NOT_OWNED,
@@ -234,12 +247,28 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     if args.evidence_command == "keypair":
         private, public = generate_signing_key(args.out)
         print(f"wrote {private} (private, keep it secret) and {public} (public)")
+        emit(args, {"files": {"private": private, "public": public}})
         return EXIT_OK
     check = check_evidence(
         args.evidence,
         load_key(args.key),
         public_key=args.public_key,
         trusted_tsa_certs=[args.tsa_cert] if args.tsa_cert else None,
+    )
+    emit(
+        args,
+        {
+            "evidence": args.evidence,
+            "valid": check.valid,
+            "verdict": check.verdict,
+            "p_value": check.p_value,
+            "problems": check.problems,
+            "notes": check.notes,
+            "trusted": check.trusted,
+            "signed_by": check.signed_by,
+            "attested": check.attested,
+            "tsa": check.tsa,
+        },
     )
     if not check.valid:
         for problem in check.problems:

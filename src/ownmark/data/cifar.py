@@ -124,7 +124,8 @@ _CIFAR100 = _Variant(
 
 
 def _how_to_get(variant: _Variant, where: Path) -> str:
-    folder = where if where.is_dir() else where.parent
+    # A folder that does not exist yet (no suffix) is where the download should go.
+    folder = where if where.is_dir() or not (where.exists() or where.suffix) else where.parent
     return (
         f"download it with 'ownmark data download {variant.command} --to {folder}' or pass "
         f"the {variant.folder} folder, its parent folder, or the {variant.tarball} file"
@@ -152,6 +153,10 @@ def _locate(variant: _Variant, path: Path) -> Path:
         tarballs = sorted(path.glob(f"{stem}*.tar.gz"))
         if tarballs:
             return tarballs[0]
+    if not path.exists():
+        raise DataError(
+            f"{variant.title} data not found: {path} does not exist; {_how_to_get(variant, path)}"
+        )
     raise DataError(
         f"{variant.title} data not found: {path} holds neither {variant.folder}/ nor "
         f"{variant.tarball}; {_how_to_get(variant, path)}"

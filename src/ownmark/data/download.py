@@ -294,10 +294,34 @@ def download_dataset(
         )
     dataset = DOWNLOADS[name]
     folder = Path(to_dir)
+    # The folders this call creates, deepest first: removed again if the download fails
+    # before anything is saved in them (an offline run must leave no empty folders).
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(created)
         raise DataError(f"cannot create download folder {folder}: {exc}") from exc
+    try:
+        return _download_files(dataset, folder, mirror, progress, timeout)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; a partial download stays."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (a resumable .part), or already gone
+            return
+
+
+def _download_files(
+    dataset: RemoteDataset, folder: Path, mirror: str | None, progress: bool, timeout: float
+) -> list[Path]:
+    """The loop of :func:`download_dataset` over the data set's files, into ``folder``."""
     base = _base_url(dataset, mirror)
     paths: list[Path] = []
     for remote in dataset.files:

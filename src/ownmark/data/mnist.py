@@ -37,10 +37,41 @@ MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 MNIST_MAX_IDX_BYTES = 256 << 20
 
 
+#: Suffixes of archives: MNIST is never one (CIFAR's ``.tar.gz`` is), so no folder hint.
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
+
+
 def _how_to_get(root: Path) -> str:
     return (
         f"download it with 'ownmark data download mnist --to {root}' "
         "or pass the folder that holds the four IDX files"
+    )
+
+
+def _not_a_folder(path: Path) -> DataError:
+    """What to say when ``--data-path`` for MNIST names a file, or an archive that is not there.
+
+    MNIST is four IDX files in a folder; suggesting a download "into" ``X.tar.gz`` would
+    create a folder with an archive's name, so point to a folder instead.
+    """
+    name = path.name.lower()
+    stems = {f"{stem}{ext}" for stem in MNIST_FILES for ext in ("", ".gz")}
+    if name in stems and path.is_file():
+        return DataError(
+            f"MNIST --data-path {path} is one of its IDX files; pass the folder that holds "
+            f"all four: --data-path {path.parent}"
+        )
+    archive = name.endswith(_ARCHIVE_SUFFIXES)
+    what = "is a file" if path.exists() else "does not exist"
+    hint = (
+        " (an archive; a .tar.gz is CIFAR's format: did you mean --data cifar10 or cifar100?)"
+        if archive
+        else ""
+    )
+    folder = path.parent / "mnist"
+    return DataError(
+        f"MNIST --data-path {path} {what}{hint}; MNIST is four IDX files in a folder: get "
+        f"them with 'ownmark data download mnist --to {folder}' and pass --data-path {folder}"
     )
 
 
@@ -151,6 +182,10 @@ def load_mnist(root: str | os.PathLike[str]) -> DataSplits:
             names the file and says how to get it.
     """
     folder = Path(root)
+    if folder.exists() and not folder.is_dir():
+        raise _not_a_folder(folder)
     if not folder.is_dir():
+        if folder.name.lower().endswith(_ARCHIVE_SUFFIXES):
+            raise _not_a_folder(folder)
         raise DataError(f"MNIST folder not found: {folder}; {_how_to_get(folder)}")
     return DataSplits(train=_load_split(folder, "train"), test=_load_split(folder, "t10k"))
