@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cli_run import run_cli
 from ownmark.cli import main, parse_sweep
 from ownmark.data import load_dataset
 from ownmark.errors import ConfigError
@@ -38,24 +38,6 @@ FACTORY = "ownmark_no_such_module:factory"
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``ownmark ARGV`` in-process like the console script: (exit code, stdout, stderr).
-
-    argparse errors leave through SystemExit; an uncaught exception is turned into exit code 1
-    and a traceback on stderr, which is what the real console script would show.
-    """
-    capsys.readouterr()  # drop anything printed before
-    tb = ""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    except Exception:
-        rc, tb = 1, traceback.format_exc()
-    out, err = capsys.readouterr()
-    return rc, out, err + tb
 
 
 def assert_one_line_error(rc: int, out: str, err: str, *fragments: str) -> None:

@@ -13,13 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from cli_run import run_cli as run
 from ownmark.cli import COMMANDS, main
 from ownmark.cli.helptext import HelpFormatter, subcommands
 from ownmark.cli.parser import build_parser
@@ -30,17 +30,6 @@ from ownmark.verify.verifier import ControlResult
 
 LENET = Path(__file__).parent / "data" / "lenet5-0.1.0.safetensors"
 _SKIPPED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
-
-
-def run(argv: Sequence[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``ownmark ARGV`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ---------------------------------------------------------------------------------------------

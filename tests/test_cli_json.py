@@ -13,20 +13,10 @@ from typing import Any
 
 import pytest
 
+from cli_run import run_cli as run
 from ownmark.cli import main
 
 FAST = ["--epochs", "1", "--train-subset", "500", "--test-subset", "300"]
-
-
-def run(argv: Sequence[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``ownmark ARGV`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def run_json(
