@@ -35,7 +35,15 @@ BUILT_IN_ATTACKS = ATTACKS.names()
 ALL_SCHEMES = [*BUILT_IN_SCHEMES, CornerScheme.name]
 ALL_ATTACKS = [*BUILT_IN_ATTACKS, BlurDefence.name]
 #: Parameters that keep an attack quick on the small test data (strings, as from the CLI).
-QUICK = {"finetune": {"epochs": "1"}}
+QUICK: dict[str, dict[str, str]] = {
+    "finetune": {"epochs": "1"},
+    "weight-noise": {"epochs": "1"},
+    "ftll": {"epochs": "1"},
+    "ftal": {"epochs": "1"},
+    "rtll": {"epochs": "1"},
+    "rtal": {"epochs": "1"},
+    "distill": {"epochs": "1", "queries": "64"},
+}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -128,9 +128,15 @@ def test_content_logo(digits: DataSplits, tmp_path) -> None:  # type: ignore[no-
     logo[1:5, 1:5] = 200
     path = tmp_path / "logo.png"
     Image.fromarray(logo).save(path)
-    key = create_scheme("content", num_keys=5, logo=str(path), position="0,0").generate(digits)
-    # Fully opaque logo pixels are copied exactly; the rest of the image is untouched.
-    assert torch.all(key.images[:, 0, 1:5, 1:5] == 200)
+    scheme = create_scheme("content", num_keys=40, logo=str(path), position="0,0")
+    key = scheme.generate(digits, seed=35)  # a seed whose samples have ink under the logo
+    # A grey logo without alpha is white ink at its brightness as opacity: 200 on black, and
+    # over a digit's stroke the stroke shows through; the rest of the image is untouched.
+    opacity = 200 / 255
+    under = key.originals[:, 0, 1:5, 1:5].float()
+    expected = (under * (1 - opacity) + 255 * opacity).round().to(torch.uint8)
+    assert torch.equal(key.images[:, 0, 1:5, 1:5], expected)
+    assert bool((key.images[:, 0, 1:5, 1:5][under == 0] == 200).all())
     assert torch.equal(key.images[:, :, 10:, :], key.originals[:, :, 10:, :])
 
 

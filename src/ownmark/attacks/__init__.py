@@ -1,8 +1,21 @@
-"""Attacks on watermarks, one file each, enumerated through :data:`ATTACKS`."""
+"""Attacks on watermarks, one file each, enumerated through :data:`ATTACKS`.
+
+Removal: ``prune``, ``finetune``, the SoK fine-tuning family ``ftll``/``ftal``/``rtll``/
+``rtal``, ``quantize``, ``weight-noise``, ``distill`` (extraction through the suspect's API).
+Evasion: ``preprocess`` (the API transforms every query: JPEG, blur, median, noise).
+"""
 
 from __future__ import annotations
 
-from ownmark.attacks import finetune, prune  # noqa: F401  (registration)
+from ownmark.attacks import (  # noqa: F401  (registration)
+    distill,
+    finetune,
+    preprocess,
+    prune,
+    quantize,
+    transfer,
+    weight_noise,
+)
 from ownmark.attacks.base import (
     ATTACKS,
     NEEDS,
