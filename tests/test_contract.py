@@ -43,6 +43,8 @@ QUICK: dict[str, dict[str, str]] = {
     "rtll": {"epochs": "1"},
     "rtal": {"epochs": "1"},
     "distill": {"epochs": "1", "queries": "64"},
+    "fine-prune": {"epochs": "1"},
+    "overwrite": {"epochs": "1", "num_keys": "10"},
 }
 
 

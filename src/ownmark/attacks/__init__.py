@@ -1,7 +1,8 @@
 """Attacks on watermarks, one file each, enumerated through :data:`ATTACKS`.
 
 Removal: ``prune``, ``finetune``, the SoK fine-tuning family ``ftll``/``ftal``/``rtll``/
-``rtal``, ``quantize``, ``weight-noise``, ``distill`` (extraction through the suspect's API).
+``rtal``, ``fine-prune``, ``quantize``, ``weight-noise``, ``overwrite`` (the attacker's own key
+on top), ``distill`` (extraction through the suspect's API).
 Evasion: ``preprocess`` (the API transforms every query: JPEG, blur, median, noise).
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from ownmark.attacks import (  # noqa: F401  (registration)
     distill,
+    fine_prune,
     finetune,
+    overwrite,
     preprocess,
     prune,
     quantize,
