@@ -115,8 +115,11 @@ class Attack(ABC, Generic[ConfigT]):
         """Attack ``model`` (a copy, free to modify in place); return the model or a suspect."""
 
     def config(self) -> dict[str, Any]:
-        """The attack's name and parameters, for result files."""
-        return {"attack": self.name, **dataclasses.asdict(self.config_values)}
+        """The attack's name and parameters, for result files (not ``device``: where it ran
+        does not change what it did)."""
+        record = {"attack": self.name, **dataclasses.asdict(self.config_values)}
+        record.pop("device", None)
+        return record
 
 
 ATTACKS: Registry[Attack[Any]] = Registry("attack")

@@ -109,11 +109,6 @@ class Distillation(Attack[DistillConfig]):
         self.spent = 0
         self.answered = 0
 
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
-
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         assert data.unlabelled is not None and data.suspect is not None
         cfg = self.config_values

@@ -131,11 +131,6 @@ class FinePruning(Attack[FinePruneConfig]):
     config_class = FinePruneConfig
     needs = frozenset({"train"})
 
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
-
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         assert data.train is not None
         cfg = self.config_values

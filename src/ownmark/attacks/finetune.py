@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
@@ -60,11 +59,6 @@ class FineTuning(Attack[FineTuneConfig]):
     summary = "fine-tune on the first half of the test set (Zhang et al. 2018)"
     config_class = FineTuneConfig
     needs = frozenset({"train"})
-
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
 
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         assert data.train is not None

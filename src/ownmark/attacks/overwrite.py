@@ -91,11 +91,6 @@ class Overwrite(Attack[OverwriteConfig]):
     config_class = OverwriteConfig
     needs = frozenset({"train"})
 
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
-
     def attacker_key(self, data: AttackData) -> KeySet:
         """The attacker's key, generated from their train data (reproducible from ``seed``)."""
         assert data.train is not None

@@ -27,7 +27,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -100,11 +100,6 @@ class TransferAttack(Attack[TransferConfig]):
     reinit_last: ClassVar[bool] = False
     #: Train every layer (else only the last one).
     train_all: ClassVar[bool] = True
-
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
 
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         assert data.train is not None

@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -79,11 +78,6 @@ class WeightNoise(Attack[WeightNoiseConfig]):
     summary = "Gaussian weight noise relative to each tensor's std, then short retraining"
     config_class = WeightNoiseConfig
     needs = frozenset({"train"})
-
-    def config(self) -> dict[str, Any]:
-        record = super().config()
-        record.pop("device")  # where it ran does not change what it did
-        return record
 
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module:
         cfg = self.config_values
