@@ -32,6 +32,7 @@ from torch import nn
 from ownmark.data.base import ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.registry import Registry
+from ownmark.train import TrainConfig
 from ownmark.verify.suspects import Suspect
 
 #: What an attack may ask for (see :class:`AttackData`).
@@ -64,6 +65,37 @@ class AttackConfig:
     """
 
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingAttackConfig(AttackConfig):
+    """Parameters every attack that trains shares, validated as the training loop's own.
+
+    Attributes:
+        epochs: passes over the attacker's data (default 5; a subclass may change it).
+        lr: SGD learning rate (default 0.01).
+        batch_size: default 128.
+        device: torch device (default ``cpu``; left out of result records).
+    """
+
+    epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 128
+    device: str = "cpu"
+
+    def train_config(self, **extra: Any) -> TrainConfig:
+        """The training loop's config (``extra``: further :class:`TrainConfig` fields)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=self.device,
+            **extra,
+        )
+
+    def __post_init__(self) -> None:
+        self.train_config()
 
 
 ConfigT = TypeVar("ConfigT", bound=AttackConfig)

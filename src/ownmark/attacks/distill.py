@@ -29,15 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
 from ownmark.data import ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.models import MODELS, ModelSpec, build_model
-from ownmark.train import TrainConfig, fit
+from ownmark.train import fit
 
 
 @dataclass(frozen=True)
-class DistillConfig(AttackConfig):
+class DistillConfig(TrainingAttackConfig):
     """Parameters of :class:`Distillation` (``seed`` seeds the student, the choice of
     queried images and the training loop).
 
@@ -56,20 +56,7 @@ class DistillConfig(AttackConfig):
     arch: str = ""
     queries: int = 0
     epochs: int = 10
-    lr: float = 0.01
-    batch_size: int = 128
     query_batch: int = 64
-    device: str = "cpu"
-
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
 
     def __post_init__(self) -> None:
         if self.arch and ":" not in self.arch and self.arch not in MODELS:
@@ -79,7 +66,7 @@ class DistillConfig(AttackConfig):
             raise ConfigError(f"queries must be >= 0 (0: all images), got {self.queries}")
         if self.query_batch < 1:
             raise ConfigError(f"query_batch must be >= 1, got {self.query_batch}")
-        self.train_config()
+        super().__post_init__()
 
 
 def _label(answer: object, num_classes: int) -> int | None:

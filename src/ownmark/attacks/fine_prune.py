@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
 from ownmark.data.base import ImageDataset
 from ownmark.errors import ConfigError
 from ownmark.metrics import to_float_images
-from ownmark.train import TrainConfig, fit
+from ownmark.train import fit
 
 
 def last_conv(model: nn.Module) -> nn.Conv2d:
@@ -89,7 +89,7 @@ def _apply_mask(conv: nn.Conv2d, keep: torch.Tensor) -> None:
 
 
 @dataclass(frozen=True)
-class FinePruneConfig(AttackConfig):
+class FinePruneConfig(TrainingAttackConfig):
     """Parameters of :class:`FinePruning` (``seed`` seeds shuffling and dropout).
 
     Attributes:
@@ -101,25 +101,11 @@ class FinePruneConfig(AttackConfig):
     """
 
     rate: float = 0.5
-    epochs: int = 5
-    lr: float = 0.01
-    batch_size: int = 128
-    device: str = "cpu"
-
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ConfigError(f"fine-pruning rate must lie in 0..1, got {self.rate}")
-        self.train_config()
+        super().__post_init__()
 
 
 @register_attack

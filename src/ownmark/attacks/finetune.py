@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
-from ownmark.train import TrainConfig, fit
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
+from ownmark.train import fit
 
 
 @dataclass(frozen=True)
-class FineTuneConfig(AttackConfig):
+class FineTuneConfig(TrainingAttackConfig):
     """Parameters of :class:`FineTuning` (``seed`` seeds shuffling and dropout).
 
     Attributes:
@@ -33,22 +33,6 @@ class FineTuneConfig(AttackConfig):
     """
 
     epochs: int = 10
-    lr: float = 0.01
-    batch_size: int = 128
-    device: str = "cpu"
-
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
-
-    def __post_init__(self) -> None:
-        self.train_config()
 
 
 @register_attack

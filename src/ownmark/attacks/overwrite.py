@@ -25,9 +25,8 @@ from typing import Any
 
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
 from ownmark.data import DataSplits
-from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
 from ownmark.schemes import create_scheme
 from ownmark.schemes.base import WatermarkScheme
@@ -35,7 +34,7 @@ from ownmark.train import TrainConfig, fit
 
 
 @dataclass(frozen=True)
-class OverwriteConfig(AttackConfig):
+class OverwriteConfig(TrainingAttackConfig):
     """Parameters of :class:`Overwrite` (``seed`` seeds the attacker's key and the training).
 
     Attributes:
@@ -52,34 +51,19 @@ class OverwriteConfig(AttackConfig):
     scheme: str = "content"
     num_keys: int = 50
     num_decoys: int | None = None
-    epochs: int = 5
-    lr: float = 0.01
     key_ratio: float = 0.15
-    batch_size: int = 128
-    device: str = "cpu"
 
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            key_ratio=self.key_ratio,
-            device=self.device,
-        )
+    def train_config(self, **extra: Any) -> TrainConfig:
+        """The training loop's config, with the key's share of each epoch."""
+        return super().train_config(key_ratio=self.key_ratio, **extra)
 
     def make_scheme(self) -> WatermarkScheme[Any]:
         """The attacker's scheme (validates its name and key counts)."""
         return create_scheme(self.scheme, num_keys=self.num_keys, num_decoys=self.num_decoys)
 
     def __post_init__(self) -> None:
-        if self.num_keys < 1:
-            raise ConfigError(f"num_keys must be at least 1, got {self.num_keys}")
-        if self.num_decoys is not None and self.num_decoys < 0:
-            raise ConfigError(f"num_decoys must be >= 0, got {self.num_decoys}")
-        self.train_config()
-        self.make_scheme()
+        super().__post_init__()
+        self.make_scheme()  # the scheme's own config checks num_keys and num_decoys
 
 
 @register_attack

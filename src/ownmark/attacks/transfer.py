@@ -32,10 +32,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
 from ownmark.data.base import ImageDataset
 from ownmark.errors import ConfigError
-from ownmark.train import TrainConfig, fit
+from ownmark.train import fit
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -57,7 +57,7 @@ def budget_subset(data: ImageDataset, budget: float, seed: int) -> ImageDataset:
 
 
 @dataclass(frozen=True)
-class TransferConfig(AttackConfig):
+class TransferConfig(TrainingAttackConfig):
     """Parameters of the SoK fine-tuning attacks (``seed`` seeds the subset, the
     re-initialisation, shuffling and dropout).
 
@@ -69,26 +69,12 @@ class TransferConfig(AttackConfig):
         device: torch device (default ``cpu``).
     """
 
-    epochs: int = 5
-    lr: float = 0.01
     budget: float = 1.0
-    batch_size: int = 128
-    device: str = "cpu"
-
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"budget must lie in (0, 1], got {self.budget}")
-        self.train_config()
+        super().__post_init__()
 
 
 class TransferAttack(Attack[TransferConfig]):

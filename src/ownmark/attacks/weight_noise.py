@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.base import Attack, AttackData, TrainingAttackConfig, register_attack
 from ownmark.attacks.prune import prunable_weights
 from ownmark.errors import ConfigError
-from ownmark.train import TrainConfig, fit
+from ownmark.train import fit
 
 
 def add_relative_noise(weights: list[torch.Tensor], scale: float, seed: int) -> None:
@@ -37,7 +37,7 @@ def add_relative_noise(weights: list[torch.Tensor], scale: float, seed: int) -> 
 
 
 @dataclass(frozen=True)
-class WeightNoiseConfig(AttackConfig):
+class WeightNoiseConfig(TrainingAttackConfig):
     """Parameters of :class:`WeightNoise` (``seed`` seeds the noise, shuffling and dropout).
 
     Attributes:
@@ -50,24 +50,11 @@ class WeightNoiseConfig(AttackConfig):
 
     scale: float = 0.1
     epochs: int = 2
-    lr: float = 0.01
-    batch_size: int = 128
-    device: str = "cpu"
-
-    def train_config(self) -> TrainConfig:
-        """The training loop's config (validates the values)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ConfigError(f"noise scale must be > 0, got {self.scale}")
-        self.train_config()
+        super().__post_init__()
 
 
 @register_attack

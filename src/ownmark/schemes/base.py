@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -362,19 +363,30 @@ def scheme_for_key(key: KeySet) -> WatermarkScheme[Any]:
     return scheme
 
 
-def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) -> torch.Tensor:
-    """Which of ``answers`` count as the watermark, by the key's scheme's :meth:`matches`.
+def _match_rule(key: KeySet) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The key's scheme's :meth:`~WatermarkScheme.matches`, built once.
 
     A key whose scheme is not registered here (a forged key, a plugin not imported) is
     scored by the base rule, the answer equals the key label.
     """
     if key.scheme not in SCHEMES:
-        return answers == key_labels
-    return scheme_for_key(key).matches(answers, key_labels)
+        return torch.eq
+    return scheme_for_key(key).matches
 
 
-def answer_matches(key: KeySet, label: int | None, key_label: int) -> bool:
-    """Whether one valid answer (``None``: no valid label) counts as the watermark."""
-    if label is None:
-        return False
-    return bool(key_matches(key, torch.tensor([label]), torch.tensor([key_label]))[0])
+def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) -> torch.Tensor:
+    """Which of ``answers`` count as the watermark, by the key's scheme's :meth:`matches`."""
+    return _match_rule(key)(answers, key_labels)
+
+
+def answer_matcher(key: KeySet) -> Callable[[int | None, int], bool]:
+    """``(label, key_label) -> bool`` for single answers (``None``: no valid label), with the
+    key's scheme resolved once, for loops over a verification's queries."""
+    rule = _match_rule(key)
+
+    def matches(label: int | None, key_label: int) -> bool:
+        if label is None:
+            return False
+        return bool(rule(torch.tensor([label]), torch.tensor([key_label]))[0])
+
+    return matches

@@ -38,7 +38,7 @@ from ownmark.calibrate import guarantee
 from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
-from ownmark.schemes import answer_matches
+from ownmark.schemes import answer_matcher
 from ownmark.verify.verifier import (
     ControlResult,
     QueryRecord,
@@ -506,6 +506,7 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
     records = [QueryRecord(**q) for q in doc["queries"]]
     _check_layout(records, key, config, planned.max_queries, check)
     matches = errors = queries = decoys = 0
+    answer_matches = answer_matcher(key)
     for r in records:
         images = key.images if r.role == "key" else key.decoys
         if not 0 <= r.index < len(images):
@@ -517,7 +518,7 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         if r.error is None:
             _, label, error = score_answer(r.answer, key.model_classes)
             correct = None if r.role == "key" else label == int(key.decoy_labels[r.index])
-            matched = answer_matches(key, label, key_label)
+            matched = answer_matches(label, key_label)
             if error is not None or matched != r.matched or correct != r.correct:
                 check.problems.append(f"{r.role} {r.index}: answer {r.answer!r} mis-scored")
         elif r.matched or r.correct:

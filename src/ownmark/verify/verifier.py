@@ -37,7 +37,7 @@ import torch
 
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.schemes import answer_matches
+from ownmark.schemes import answer_matcher
 from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, fisher_one_sided
 from ownmark.verify.suspects import (
     InvalidAnswer,
@@ -424,6 +424,7 @@ def verify_ownership(
         suspect.check_input(key.image_shape)
     wire: list[dict[str, Any]] = []
     layout = RequestLayout(key, config)
+    match_rule = answer_matcher(key)  # the scheme's rule, resolved once for every answer
     records: list[QueryRecord] = []
     started = _now()
     sent = matches = errors = all_errors = requests = decoy_cursor = 0
@@ -439,7 +440,7 @@ def verify_ownership(
         size = min(needed if config.sequential else test.max_queries, config.key_slots)
         rows = layout.order[sent : min(sent + size, test.max_queries)]
         items = layout.items(rows, requests, decoy_cursor)
-        answered = _one_request(key, suspect, items, requests)
+        answered = _one_request(key, suspect, items, requests, match_rule)
         records.extend(answered)
         sent_bodies = [body.to_dict() for body in suspect.take_sent()]
         wire.append({"request": requests, "bodies": sent_bodies})
@@ -515,7 +516,11 @@ def decide(
 
 
 def _one_request(
-    key: KeySet, suspect: Suspect, items: list[tuple[str, int]], request: int
+    key: KeySet,
+    suspect: Suspect,
+    items: list[tuple[str, int]],
+    request: int,
+    matches: Callable[[int | None, int], bool],
 ) -> list[QueryRecord]:
     """Send the request's images as one query; record and score each image."""
     images = torch.stack([key.images[i] if role == "key" else key.decoys[i] for role, i in items])
@@ -554,7 +559,7 @@ def _one_request(
                 index=i,
                 image_sha256=digest,
                 answer=shown,
-                matched=answer_matches(key, label, key_label),
+                matched=matches(label, key_label),
                 error=error,
                 sent=sent_at,
                 received=received_at,
