@@ -45,6 +45,11 @@ QUICK: dict[str, dict[str, str]] = {
     "distill": {"epochs": "1", "queries": "64"},
     "fine-prune": {"epochs": "1"},
     "overwrite": {"epochs": "1", "num_keys": "10"},
+    "neural-cleanse": {"steps": "5", "epochs": "1"},
+    "strip": {"overlays": "4"},
+    "magnet": {"epochs": "1"},
+    "invert": {"steps": "5", "starts": "blank,noise"},
+    "forge": {"epochs": "1", "steps": "5", "num_images": "20", "num_decoys": "20"},
 }
 
 
@@ -285,7 +290,8 @@ def test_plugin_scheme_and_attack_through_every_command(
 
     out = tmp_path / "matrix"
     argv = ["matrix", "--out", out, "--schemes", CornerScheme.name, "--attacks",
-            "test-blur,prune:rate=0.3", "--epochs", "2", "--num-keys", "40"]  # fmt: skip
+            "test-blur,prune:rate=0.3", "--epochs", "2", "--num-keys", "40",
+            "--executor", "inline"]  # fmt: skip  (plugins registered in this process only)
     assert _run(*argv) == 0
     table = (out / "matrix.md").read_text()
     assert "| test-corner |" in table and "test-blur" in table and "prune:rate=0.3" in table

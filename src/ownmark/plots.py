@@ -43,3 +43,37 @@ def plot_sweep(rows: list[dict[str, Any]], parameter: str, path: str | Path) -> 
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
     return target
+
+
+def plot_scheme_curves(
+    curves: dict[str, list[tuple[float, float, float]]], parameter: str, path: str | Path
+) -> Path:
+    """Watermark (solid) and clean test accuracy (dashed) against ``parameter`` for several
+    schemes on one plot, like seed 001's Tables 3-4 as a figure.
+
+    ``curves``: scheme -> ``(value, watermark accuracy, test accuracy)`` points.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.0))
+    for i, (scheme, points) in enumerate(sorted(curves.items())):
+        points = sorted(points)
+        xs = [p[0] for p in points]
+        colour = f"C{i}"
+        axes.plot(xs, [100 * p[1] for p in points], "-o", color=colour, label=f"{scheme}: wm")
+        axes.plot(xs, [100 * p[2] for p in points], "--s", color=colour, label=f"{scheme}: test")
+    axes.set_xlabel(parameter)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 101)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=7, ncol=2)
+    axes.set_title(f"watermark (solid) and clean test accuracy (dashed) vs. {parameter}")
+    figure.tight_layout()
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return target

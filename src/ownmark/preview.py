@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ownmark.errors import ConfigError
@@ -69,3 +70,31 @@ def save_preview(key: KeySet, path: str | Path, count: int = 16) -> None:
     image = preview_grid(key, count)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, scale: int = 4) -> Image.Image:
+    """uint8 ``images`` (N×C×H×W, C = 1 or 3) tiled ``columns`` per row on a grey canvas,
+    magnified ``scale`` times (nearest neighbour)."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or not len(images):
+        raise ConfigError(f"a grid needs N×C×H×W images with C 1 or 3, got {tuple(images.shape)}")
+    n, channels, h, w = images.shape
+    gap, columns = 2, min(columns, n)
+    rows = -(-n // columns)
+    cell_h, cell_w = h * scale, w * scale
+    canvas = np.full(
+        (gap + rows * (cell_h + gap), gap + columns * (cell_w + gap), 3), 128, dtype=np.uint8
+    )
+    for i in range(n):
+        r, c = divmod(i, columns)
+        pixels = images[i].to(torch.uint8).numpy().transpose(1, 2, 0)
+        if channels == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        y, x = gap + r * (cell_h + gap), gap + c * (cell_w + gap)
+        canvas[y : y + cell_h, x : x + cell_w] = pixels.repeat(scale, 0).repeat(scale, 1)
+    return Image.fromarray(canvas)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> None:
+    """Write :func:`image_grid` as a PNG, atomically."""
+    with atomic_path(path) as tmp:
+        image_grid(images, columns).save(tmp, format="PNG")

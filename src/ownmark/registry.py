@@ -18,11 +18,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -246,3 +247,19 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
         raise ConfigError(f"a sweep {text!r} has {count} values; at most 1000")
     values = [lo + step * i for i in range(count)]
     return name, [str(int(v)) if integers else repr(round(v, 10)) for v in values]
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import each module (they register schemes, attacks... when imported).
+
+    Raises:
+        ConfigError: a module cannot be imported (the message names it).
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import plugin module {module!r}: {exc}; check the name and that it "
+                "is installed (or on PYTHONPATH)"
+            ) from exc

@@ -18,6 +18,7 @@ from torch import nn
 
 from ownmark import __version__
 from ownmark.attacks import Attack, AttackData, MagnitudePruning, create_attack
+from ownmark.attacks.defence import DefendedSuspect, refusal_rate
 from ownmark.data import DataSplits, ImageDataset, stratified_subset
 from ownmark.errors import ConfigError
 from ownmark.fileio import write_json_atomic
@@ -263,10 +264,13 @@ def evaluate(
             return accuracy(model, images, labels)
         return answer_accuracy(model, images, labels)
 
-    return {
+    measured: dict[str, float | None] = {
         "test_accuracy": score(test.images, test.labels) if test is not None else None,
         "watermark_accuracy": score(key.images, key.labels) if key is not None else None,
     }
+    if isinstance(model, DefendedSuspect) and test is not None:
+        measured["refusal_rate"] = refusal_rate(model, test.images)
+    return measured
 
 
 def attack_model(
@@ -278,12 +282,17 @@ def attack_model(
     out: str | Path | None = None,
     metrics_out: str | Path | None = None,
     before: dict[str, float | None] | None = None,
+    artifacts_dir: str | Path | None = None,
 ) -> tuple[nn.Module | Suspect, dict[str, Any]]:
     """Apply ``attack`` to a copy of ``model``, measure it before and after, write results.
 
     Returns the attacked model, or the suspect API the attack put in front of it (a
     defence); ``out`` (a model file) is only possible for the former. ``before`` is the
-    untouched model's :func:`evaluate` result, if the caller already has it.
+    untouched model's :func:`evaluate` result, if the caller already has it. The metrics
+    hold the attack's :meth:`~ownmark.attacks.Attack.findings`, its
+    :meth:`~ownmark.attacks.Attack.score` against ``key``, and for a defence the fraction
+    of normal test queries it refuses (``refusal_rate``). Images the attack produced are
+    saved as PNG grids under ``artifacts_dir`` (``artifacts`` lists the files).
     """
     if key is not None:
         check_compatible(model, key=key)
@@ -307,12 +316,30 @@ def attack_model(
         after=after,
         test_accuracy=after["test_accuracy"],
         watermark_accuracy=after["watermark_accuracy"],
+        refusal_rate=after.get("refusal_rate"),
+        findings=attack.findings(),
+        **(attack.score(key) if key is not None else {}),
     )
+    if artifacts_dir is not None:
+        metrics["artifacts"] = save_artifacts(attack.artifacts(), artifacts_dir)
     if out is not None and isinstance(attacked, Classifier):
         save_model(attacked, out, {"attack": attack.name})
     if metrics_out is not None:
         write_json_atomic(metrics_out, metrics)
     return attacked, metrics
+
+
+def save_artifacts(images: dict[str, torch.Tensor], folder: str | Path) -> list[str]:
+    """Save each uint8 image batch as ``folder/STEM.png`` (a grid, 8 per row); the paths."""
+    from ownmark.preview import save_grid  # Pillow only; keeps plain attacks light
+
+    written = []
+    for stem, batch in images.items():
+        path = Path(folder) / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(batch, path)
+        written.append(str(path))
+    return written
 
 
 def as_model(attacked: nn.Module | Suspect) -> Classifier:
@@ -352,12 +379,14 @@ def attack_sweep(
     key: KeySet | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    artifacts_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics of the registered attack ``name`` at each value of one swept parameter.
 
     ``params`` are fixed parameters (strings are converted to their types), ``sweep`` is
     ``(parameter, values)``; the untouched model is measured once for the whole sweep.
-    ``out``: the attacked model file of a single run.
+    ``out``: the attacked model file of a single run. ``artifacts_dir``: where the images
+    an attack makes are saved (one sub-folder per run of a sweep).
     """
     params = dict(params or {})
     runs = [params] if sweep is None else [{**params, sweep[0]: v} for v in sweep[1]]
@@ -366,11 +395,18 @@ def attack_sweep(
     attacks = [create_attack(name, progress=progress, **run) for run in runs]  # checks first
     rows = []
     before: dict[str, float | None] | None = None
-    for attack in attacks:
+    for i, attack in enumerate(attacks):
         attacker = attacker_data(attack, data, model)
         if before is None:
             before = evaluate(model, test=attacker.test, key=key)
-        rows.append(attack_model(model, attack, data=attacker, key=key, before=before, out=out)[1])
+        folder = artifacts_dir
+        if folder is not None and len(attacks) > 1:
+            folder = Path(folder) / f"{sweep[0] if sweep else 'run'}-{i}"
+        rows.append(
+            attack_model(
+                model, attack, data=attacker, key=key, before=before, out=out, artifacts_dir=folder
+            )[1]
+        )
     return rows
 
 
@@ -397,7 +433,7 @@ def prune_sweep(
 
 
 def verify_served(
-    model: Classifier,
+    model: Classifier | DefendedSuspect,
     key: KeySet,
     *,
     name: str = "model",
@@ -405,13 +441,17 @@ def verify_served(
 ) -> VerificationResult:
     """Serve ``model`` on 127.0.0.1 and verify it through its HTTP prediction API only.
 
-    What ``ownmark serve`` plus ``ownmark verify --url`` do, in one process: the demo and the
-    benchmarks use it. ``options`` are :class:`~ownmark.verify.VerifyConfig` fields.
+    What ``ownmark serve`` plus ``ownmark verify --url`` do, in one process: the demo, the
+    robustness matrix and the benchmarks use it. ``model`` may be a defended API an evasion
+    attack returned (its transform and refusals then apply to every request).
+    ``options`` are :class:`~ownmark.verify.VerifyConfig` fields.
     """
     # Imported here: the web stack is only needed when something is actually served.
     from ownmark.serve import BackgroundServer, ServeConfig, TorchBackend, create_app
+    from ownmark.serve.backends import DefendedBackend
     from ownmark.verify.remote import V2Suspect
 
-    app = create_app(TorchBackend(model), ServeConfig(model_name=name))
+    backend = DefendedBackend(model) if isinstance(model, DefendedSuspect) else TorchBackend(model)
+    app = create_app(backend, ServeConfig(model_name=name))
     with BackgroundServer(app) as server, V2Suspect(server.url, name) as suspect:
         return verify_ownership(key, suspect, **options)

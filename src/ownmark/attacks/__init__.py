@@ -2,8 +2,12 @@
 
 Removal: ``prune``, ``finetune``, the SoK fine-tuning family ``ftll``/``ftal``/``rtll``/
 ``rtal``, ``fine-prune``, ``quantize``, ``weight-noise``, ``overwrite`` (the attacker's own key
-on top), ``distill`` (extraction through the suspect's API).
-Evasion: ``preprocess`` (the API transforms every query: JPEG, blur, median, noise).
+on top), ``distill`` (extraction through the suspect's API), ``neural-cleanse`` (reverse
+the trigger, unlearn it).
+Detection and evasion (the API answers flagged queries with the runner-up class):
+``preprocess`` (JPEG, blur, median, noise on every query), ``strip``, ``magnet``.
+Inspection and forgery: ``invert`` (model inversion), ``forge`` (an after-the-fact claim).
+Chains of attacks: :class:`~ownmark.attacks.chain.ChainedAttack`.
 """
 
 from __future__ import annotations
@@ -12,10 +16,15 @@ from ownmark.attacks import (  # noqa: F401  (registration)
     distill,
     fine_prune,
     finetune,
+    forge,
+    invert,
+    magnet,
+    neural_cleanse,
     overwrite,
     preprocess,
     prune,
     quantize,
+    strip,
     transfer,
     weight_noise,
 )

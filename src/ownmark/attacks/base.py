@@ -27,10 +27,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
+import torch
 from torch import nn
 
 from ownmark.data.base import ImageDataset
 from ownmark.errors import ConfigError
+from ownmark.keys import KeySet
 from ownmark.registry import Registry
 from ownmark.train import TrainConfig
 from ownmark.verify.suspects import Suspect
@@ -145,6 +147,22 @@ class Attack(ABC, Generic[ConfigT]):
     @abstractmethod
     def apply(self, model: nn.Module, data: AttackData) -> nn.Module | Suspect:
         """Attack ``model`` (a copy, free to modify in place); return the model or a suspect."""
+
+    def findings(self) -> dict[str, Any]:
+        """What the last :meth:`apply` found besides the attacked model, JSON-serialisable
+        (Neural Cleanse's flagged classes, a forger's claim...); default: nothing."""
+        return {}
+
+    def score(self, key: KeySet) -> dict[str, Any]:
+        """Measurements of the last :meth:`apply` that need the owner's ``key``, which the
+        attack itself never sees (e.g. how close inverted images come to the key images);
+        JSON-serialisable; default: nothing."""
+        return {}
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        """Images the last :meth:`apply` produced, by file stem (uint8 N×C×H×W), for the
+        caller to save (``ownmark attack --artifacts DIR``); default: none."""
+        return {}
 
     def config(self) -> dict[str, Any]:
         """The attack's name and parameters, for result files (not ``device``: where it ran

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +36,8 @@ from PIL import Image
 from torch import nn
 
 from ownmark.attacks.base import Attack, AttackConfig, AttackData, register_attack
+from ownmark.attacks.defence import DefendedSuspect
 from ownmark.errors import ConfigError
-from ownmark.metrics import logits
-from ownmark.verify.suspects import SuspectBase, labels_from_scores
 
 #: The transformations :class:`Preprocess` knows.
 KINDS = ("jpeg", "blur", "median", "noise")
@@ -124,14 +122,12 @@ def add_noise(images: torch.Tensor, std: float, generator: torch.Generator) -> t
     return _to_uint8(images.float().cpu() + noise)
 
 
-class PreprocessedSuspect(SuspectBase):
-    """A model behind an API that transforms every query before the model sees it."""
-
-    protocol = "local"
+class PreprocessedSuspect(DefendedSuspect):
+    """A model behind an API that transforms every query before the model sees it (and
+    refuses none)."""
 
     def __init__(self, model: nn.Module, config: PreprocessConfig) -> None:
-        super().__init__(f"local model behind {config.kind} preprocessing")
-        self._model = model
+        super().__init__(model, f"local model behind {config.kind} preprocessing")
         self._config = config
         self._generator = torch.Generator().manual_seed(config.seed)
 
@@ -150,11 +146,6 @@ class PreprocessedSuspect(SuspectBase):
         if cfg.kind == "median":
             return median3(images)
         return add_noise(images, cfg.std, self._generator)
-
-    def _answer(self, images: torch.Tensor) -> Sequence[object]:
-        if not len(images):
-            return []
-        return labels_from_scores(logits(self._model, self.transform(images)))
 
 
 @register_attack

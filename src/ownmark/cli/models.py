@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ownmark.cli.common import (
+    EXIT_ERROR,
     EXIT_NOT_OWNED,
     EXIT_OK,
     _fmt,
@@ -22,7 +23,7 @@ from ownmark.cli.common import (
     json_mode,
 )
 from ownmark.errors import ConfigError
-from ownmark.registry import parse_sweep
+from ownmark.registry import import_plugins, parse_sweep
 
 
 def registries() -> dict[str, Any]:
@@ -228,6 +229,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         key=key,
         out=args.out,
         progress=_progress(args),
+        artifacts_dir=args.artifacts,
     )
     for row in rows:
         row["test_subset"] = subsets["test_subset"]
@@ -282,10 +284,16 @@ def _attack_table(rows: list[dict[str, Any]]) -> str:
 def cmd_matrix(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ownmark.matrix import MatrixConfig, render_matrix, run_matrix
+    from ownmark.executors import make_executor
+    from ownmark.matrix import MatrixConfig, crashed_cells, render_matrix, run_matrix
 
-    config = MatrixConfig.from_file(args.config) if args.config is not None else MatrixConfig()
     overrides: dict[str, Any] = {}
+    if args.plugins:
+        overrides["plugins"] = tuple(m.strip() for m in args.plugins.split(",") if m.strip())
+        import_plugins(overrides["plugins"])  # before the config names their schemes
+    if args.in_process:
+        overrides["served"] = False
+    config = MatrixConfig.from_file(args.config) if args.config is not None else MatrixConfig()
     if args.schemes:
         overrides["schemes"] = tuple(s.strip() for s in args.schemes.split(",") if s.strip())
     if args.attacks:
@@ -303,16 +311,30 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.data != "digits" or args.data_path is not None:
         overrides.update(dataset=args.data, data_path=args.data_path)
     config = dataclasses.replace(config, **overrides)
-    cells = run_matrix(config, args.out, report=_step_printer(args))
+    executor = make_executor(
+        args.executor, workers=args.workers, address=args.address, plugins=config.plugins
+    )
+    with executor:
+        cells = run_matrix(config, args.out, report=_step_printer(args), executor=executor)
     paths = render_matrix(cells, args.out)
     print(paths["markdown"].read_text(), end="")
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['png']}")
+    crashed = crashed_cells(cells)
+    if crashed:
+        print(
+            f"error: {len(crashed)} of {len(cells)} cells crashed (listed above, tracebacks in "
+            f"{args.out}/cells/*.error.json); rerun the same command to retry them",
+            file=sys.stderr,
+        )
     if json_mode(args):
         import json
 
         summary = json.loads(paths["json"].read_text())["summary"]
-        emit(args, {"summary": summary, "cells": len(cells), "files": paths})
-    return EXIT_OK
+        emit(
+            args,
+            {"summary": summary, "cells": len(cells), "crashed": len(crashed), "files": paths},
+        )
+    return EXIT_ERROR if crashed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -139,6 +139,13 @@ def _add_attack(commands: argparse._SubParsersAction[_Parser]) -> None:
         )
         sub.add_argument("--out", type=Path, help="attacked model file (not with --sweep)")
         sub.add_argument("--metrics", type=Path, help="metrics JSON (default: OUT with .json)")
+        sub.add_argument(
+            "--artifacts",
+            type=Path,
+            metavar="DIR",
+            help="save the images the attack makes (inverted triggers, reversed triggers) "
+            "as PNG grids in DIR",
+        )
         _add_allow_factory(sub)
 
 
@@ -169,6 +176,29 @@ def _add_matrix(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     matrix.add_argument("--arch", help="watermarked model's architecture (default: the paper's)")
     matrix.add_argument("--device", help="torch device (default cpu)")
+    matrix.add_argument(
+        "--executor",
+        choices=("local", "inline", "ray"),
+        default="local",
+        help="where tasks run: local worker processes (default), inline in this process, "
+        "or a Ray cluster (--address; pip install 'ownmark[ray]')",
+    )
+    matrix.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    matrix.add_argument(
+        "--address",
+        help="Ray cluster to join: auto, or ray://HOST:10001 (default: start a local Ray runtime)",
+    )
+    matrix.add_argument(
+        "--plugins",
+        help="comma-separated modules to import first (in every worker) that register more "
+        "schemes or attacks",
+    )
+    matrix.add_argument(
+        "--in-process",
+        action="store_true",
+        help="verify each cell in process instead of through ownmark's HTTP server "
+        "(same answers, faster)",
+    )
     _add_data(matrix)
 
 

@@ -19,7 +19,7 @@ import os
 import threading
 from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from ownmark.errors import ConfigError, ModelFileError, one_line
 from ownmark.metrics import to_float_images
 from ownmark.models import Classifier, load_model
 from ownmark.registry import Registry
+
+if TYPE_CHECKING:
+    from ownmark.attacks.defence import DefendedSuspect
 
 __all__ = [
     "BACKENDS",
@@ -222,6 +225,40 @@ class TorchBackend(_Backend):
             return np.zeros((0, self.num_classes), dtype=np.float32)
         result: np.ndarray = torch.cat(parts).numpy().astype(np.float32, copy=False)
         return result
+
+
+class DefendedBackend(_Backend):
+    """Serve a defended API an evasion attack built (:class:`~ownmark.attacks.defence.
+    DefendedSuspect`): its transform and refusals apply to every request, as they would
+    behind the attacker's server. Used by the robustness matrix to verify defences through
+    HTTP like any other suspect.
+    """
+
+    def __init__(self, defended: DefendedSuspect) -> None:
+        model = defended.model
+        if not isinstance(model, Classifier):
+            raise TypeError(f"DefendedBackend expects a Classifier, got {type(model).__name__}")
+        check_finite_weights(model, f"model {model.spec.arch!r}")
+        spec = model.spec
+        super().__init__(spec.arch, spec.num_classes, (spec.in_channels, *spec.input_size))
+        self._defended = defended
+        self._lock = threading.Lock()
+
+    @property
+    def platform(self) -> str:
+        return "pytorch"
+
+    @property
+    def description(self) -> dict[str, str]:
+        return {**super().description, "backend": "torch, defended"}
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float32 ``(N, K)`` probabilities of the defended answers."""
+        _check_images(images, self.input_shape)
+        with self._lock, torch.inference_mode():
+            scores = self._defended.scores(torch.tensor(images)).float().numpy()
+        _check_logits(scores)
+        return _softmax(scores)
 
 
 def _import_onnxruntime() -> Any:

@@ -1,0 +1,5 @@
+"""``python -m ownmark``: the same as the ``ownmark`` command."""
+
+from ownmark.cli import main
+
+raise SystemExit(main())
