@@ -24,13 +24,14 @@ from torch import nn
 
 from backdoor import TARGET, Backdoored, backdoored_lenet
 from ownmark.attacks.base import ATTACKS, AttackData
-from ownmark.attacks.forge import ForgeConfig, Forgery, date_problem
+from ownmark.attacks.forge import ForgeConfig, Forgery
 from ownmark.attacks.invert import InvertConfig, ModelInversion
 from ownmark.data import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
 from ownmark.models import ModelSpec, build_model
 from ownmark.similarity import pairwise_ssim, psnr, ssim
+from ownmark.verify.evidence import date_problem
 
 
 @pytest.fixture(scope="module")

@@ -593,6 +593,26 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--seeds", "'one,two'"],
     ),
     "matrix-out-is-a-file": (["matrix", "--out", "{M}"], ["--out", "is a file"]),
+    "matrix-missing-plugin": (
+        ["matrix", "--out", "{OUT}/mx", "--plugins", "no_such_plugin_module"],
+        ["cannot import plugin module 'no_such_plugin_module'"],
+    ),
+    "matrix-zero-workers": (
+        ["matrix", "--out", "{OUT}/mx", "--workers", "0"],
+        ["--workers must be at least 1"],
+    ),
+    "matrix-chain-with-range": (
+        ["matrix", "--out", "{OUT}/mx", "--attacks", "prune:rate=0.1..0.5>rtal"],
+        ["cannot sweep a range"],
+    ),
+    "matrix-chain-unknown-step": (
+        ["matrix", "--out", "{OUT}/mx", "--attacks", "rtal>nope"],
+        ["unknown attack 'nope'"],
+    ),
+    "attack-strip-bad-fpr": (
+        ["attack", "strip", "--model", "{M}", "-p", "fpr=0.9"],
+        ["fpr"],
+    ),
     "train-zero-epochs": (
         ["-q", "train", "--epochs", "0", "--out", "{OUT}/M2"],
         ["--epochs", "at least 1"],

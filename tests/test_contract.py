@@ -289,9 +289,21 @@ def test_plugin_scheme_and_attack_through_every_command(
     assert not (tmp_path / "x").exists()
 
     out = tmp_path / "matrix"
-    argv = ["matrix", "--out", out, "--schemes", CornerScheme.name, "--attacks",
-            "test-blur,prune:rate=0.3", "--epochs", "2", "--num-keys", "40",
-            "--executor", "inline"]  # fmt: skip  (plugins registered in this process only)
+    argv = [
+        "matrix",
+        "--out",
+        out,
+        "--schemes",
+        CornerScheme.name,
+        "--attacks",
+        "test-blur,prune:rate=0.3",
+        "--epochs",
+        "2",
+        "--num-keys",
+        "40",
+        "--executor",
+        "inline",
+    ]  # fmt: skip  (plugins registered in this process only)
     assert _run(*argv) == 0
     table = (out / "matrix.md").read_text()
     assert "| test-corner |" in table and "test-blur" in table and "prune:rate=0.3" in table

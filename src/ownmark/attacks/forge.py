@@ -37,9 +37,8 @@ the defaults, gave a key that passed (68 of 100 samples kept, p0 0.36) and was "
 (18/18). The date rule rejects every forged key; it is what stops the claim.
 
 PGD is :func:`ownmark.forgery.pgd` (torchattacks and ART are not dependencies). The date
-comparison is that of ``ownmark.verify.evidence._check_dates``, which runs inside
-``check_evidence`` on a verified time-stamp token and has no public entry point; it is
-repeated in :func:`date_problem` with the same wording.
+rule is :func:`ownmark.verify.evidence.date_problem`, the one ``evidence check`` applies
+to a verified time-stamp token.
 
 Example::
 
@@ -65,26 +64,13 @@ from ownmark.keys import KeySet
 from ownmark.metrics import accuracy
 from ownmark.models import Classifier, ModelSpec, build_model
 from ownmark.train import TrainConfig, fit
+from ownmark.verify.evidence import date_problem
 from ownmark.verify.stats import Verdict
 from ownmark.verify.suspects import LocalModelSuspect
 from ownmark.verify.verifier import verify_ownership
 
 #: The names :meth:`Forgery.findings` uses in ``rejected_by``.
 CHECKS = ("forgery", "calibration", "verdict", "date")
-
-
-def date_problem(attested: datetime, first_seen: datetime) -> str | None:
-    """The date rule of ``evidence check``: a key whose trusted date is after the suspect
-    model was first seen could have been made from it (None: the rule does not object)."""
-    if first_seen.tzinfo is None:
-        first_seen = first_seen.replace(tzinfo=timezone.utc)
-    if attested > first_seen:
-        return (
-            f"the key was time-stamped {attested.isoformat(timespec='seconds')}, after the "
-            f"suspect model was first seen ({first_seen.isoformat(timespec='seconds')}): it "
-            "could have been made from that model"
-        )
-    return None
 
 
 @dataclass(frozen=True)

@@ -271,14 +271,38 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _attack_table(rows: list[dict[str, Any]]) -> str:
-    """Aligned rows: the attack's parameters, then test and watermark accuracy."""
+    """Aligned rows: the attack's parameters, then test and watermark accuracy (and a
+    defence's refusal rate on normal queries); then what each run found, in short."""
     labels = [", ".join(f"{k}={v}" for k, v in row["attack"].items()) for row in rows]
     width = max(len("attack"), *map(len, labels))
-    lines = [f"{'attack':{width}s} {'test acc':>9s} {'wm acc':>9s}"]
+    refusals = any(row.get("refusal_rate") is not None for row in rows)
+    header = f"{'attack':{width}s} {'test acc':>9s} {'wm acc':>9s}"
+    lines = [header + (f" {'refuses':>9s}" if refusals else "")]
     for label, row in zip(labels, rows, strict=True):
         test, marked = _fmt(row["test_accuracy"]), _fmt(row["watermark_accuracy"])
-        lines.append(f"{label:{width}s} {test:>9s} {marked:>9s}")
+        line = f"{label:{width}s} {test:>9s} {marked:>9s}"
+        lines.append(line + (f" {_fmt(row.get('refusal_rate')):>9s}" if refusals else ""))
+    for label, row in zip(labels, rows, strict=True):
+        found = _short(row.get("findings") or {})
+        if found:
+            lines.append(f"{label if len(rows) > 1 else row['attack']['attack']} found: {found}")
     return "\n".join(lines)
+
+
+def _short(values: dict[str, Any]) -> str:
+    """``k=v`` for the scalar and short-list entries of a findings record (the JSON file
+    has everything)."""
+    parts = []
+    for name, value in values.items():
+        if isinstance(value, float):
+            parts.append(f"{name}={value:.4g}")
+        elif isinstance(value, bool | int | str) or (
+            isinstance(value, list)
+            and len(value) <= 10
+            and all(isinstance(v, int | str) for v in value)
+        ):
+            parts.append(f"{name}={value}")
+    return ", ".join(parts)
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -425,6 +425,23 @@ def check_evidence(
     return check
 
 
+def date_problem(attested: datetime, first_seen: datetime) -> str | None:
+    """The date rule: a key whose trusted date is after the suspect model was first seen
+    could have been made from that model (None: the rule does not object). Naive datetimes
+    are taken as UTC."""
+    if attested.tzinfo is None:
+        attested = attested.replace(tzinfo=timezone.utc)
+    if first_seen.tzinfo is None:
+        first_seen = first_seen.replace(tzinfo=timezone.utc)
+    if attested > first_seen:
+        return (
+            f"the key was time-stamped {attested.isoformat(timespec='seconds')}, after the "
+            f"suspect model was first seen ({first_seen.isoformat(timespec='seconds')}): it "
+            "could have been made from that model"
+        )
+    return None
+
+
 def _check_dates(
     doc: dict[str, Any], key: KeySet, check: EvidenceCheck, certs: list[Path] | None
 ) -> None:
@@ -452,14 +469,9 @@ def _check_dates(
             "against a TSA you trust (pass --tsa-cert): anyone can make such a certificate"
         )
     if first_seen:
-        seen = datetime.fromisoformat(str(first_seen))
-        if seen.tzinfo is None:
-            seen = seen.replace(tzinfo=timezone.utc)
-        if info.time > seen:
-            check.problems.append(
-                f"the key was time-stamped {check.attested}, after the suspect model was first "
-                f"seen ({first_seen}): it could have been made from that model"
-            )
+        problem = date_problem(info.time, datetime.fromisoformat(str(first_seen)))
+        if problem:
+            check.problems.append(problem)
     else:
         check.notes.append(
             "the suspect's first-seen date is not recorded (verify --first-seen DATE), so the "
