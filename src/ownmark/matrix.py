@@ -573,6 +573,55 @@ def _rankings(
     return lines
 
 
+#: Fields every attacked cell has; anything else at the top level is an attack's score.
+_CELL_FIELDS = frozenset(
+    {
+        "after", "arch", "artifacts", "attack", "before", "calibration", "decoys",
+        "evaluated_on", "findings", "key_commitment", "key_queries", "machine",
+        "ownmark_version", "p0", "p_value", "refusal_rate", "requests", "scheme", "seed",
+        "task", "test_accuracy", "torch_version", "verdict", "verified_through",
+        "watermark_accuracy", "written",
+    }
+)  # fmt: skip
+#: Findings worth a column in the summary (the JSON has them all).
+_HEADLINE_FINDINGS = ("claim_rejected", "rejected_by", "flagged")
+
+
+def _findings_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """A table of what attacks measured beyond accuracy (scores against the key, headline
+    findings), per column and scheme: numbers averaged over seeds, yes/no as counts, lists
+    as the union of their values."""
+    grouped: dict[tuple[str, str], dict[str, list[Any]]] = {}
+    for cell in cells:
+        if "error" in cell or cell["attack"] == NO_ATTACK:
+            continue
+        values = {k: v for k, v in cell.items() if k not in _CELL_FIELDS}
+        found = cell.get("findings") or {}
+        for step in [found, *(v for v in found.values() if isinstance(v, dict))]:
+            values |= {k: step[k] for k in _HEADLINE_FINDINGS if k in step}
+        for name, value in values.items():
+            if isinstance(value, bool | int | float | list) and value is not None:
+                grouped.setdefault((cell["attack"], cell["scheme"]), {}).setdefault(
+                    name, []
+                ).append(value)
+    if not grouped:
+        return []
+    lines = ["", "## What the attacks found", "", "| attack | scheme | findings |",
+             "| --- | --- | --- |"]  # fmt: skip
+    for (attack, scheme), values in grouped.items():
+        parts = []
+        for name, seen in values.items():
+            if all(isinstance(v, bool) for v in seen):
+                parts.append(f"{name} {sum(seen)}/{len(seen)}")
+            elif all(isinstance(v, list) for v in seen):
+                union = sorted({str(x) for v in seen for x in v})
+                parts.append(f"{name} [{', '.join(union)}]")
+            elif all(isinstance(v, int | float) for v in seen):
+                parts.append(f"{name} {sum(seen) / len(seen):.3g}")
+        lines.append(f"| {attack} | {scheme} | {'; '.join(parts)} |")
+    return lines
+
+
 def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
     """Write ``matrix.md``, ``matrix.json``, ``matrix.png`` (watermark accuracy heat map) and,
     when the columns prune at several rates, ``pruning.png``.
@@ -608,7 +657,13 @@ def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str,
     for scheme in schemes:
         row = [_cell_text(summary[scheme][a]) if a in summary[scheme] else "-" for a in attacks]
         lines.append(f"| {scheme} | " + " | ".join(row) + " |")
+    lines += ["", "Key queries ownmark's verifier sent before its verdict (mean over seeds):", ""]
+    lines += ["| scheme | " + " | ".join(attacks) + " |", "| --- |" + " ---: |" * len(attacks)]
+    for scheme in schemes:
+        queries = [summary[scheme].get(a, {}).get("key_queries", math.nan) for a in attacks]
+        lines.append(f"| {scheme} | " + " | ".join(f"{q:.0f}" for q in queries) + " |")
     lines += _rankings(summary, schemes, attacks)
+    lines += _findings_lines(cells)
     crashed = crashed_cells(cells)
     if crashed:
         lines += ["", f"## Crashed cells ({len(crashed)}; a rerun retries them)", ""]
