@@ -211,7 +211,7 @@ def main() -> None:
         help="CIFAR-10 python version: folder of the batches or the .tar.gz",
     )
     parser.add_argument(
-        "--epochs", type=int, default=5, help="default 5 (reduced CPU configuration; paper: 50)"
+        "--epochs", type=int, default=4, help="default 4 (reduced CPU configuration; paper: 50)"
     )
     parser.add_argument(
         "--finetune-epochs", type=int, default=3, help="default 3 (reduced; ownmark's: 10)"

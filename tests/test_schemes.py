@@ -10,6 +10,7 @@ from PIL import Image
 from ownmark.data import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.schemes import create_scheme, list_schemes, scheme_parameters
+from ownmark.schemes.base import get_scheme_class
 
 
 def test_registry_has_zhang_schemes() -> None:
@@ -18,11 +19,15 @@ def test_registry_has_zhang_schemes() -> None:
 
 @pytest.mark.parametrize("name", list_schemes())
 def test_key_shapes_labels_and_ranges(name: str, digits: DataSplits) -> None:
-    key = create_scheme(name, num_keys=20, target_class=3).generate(digits, seed=1)
+    # A scheme with an extra class labels every key sample with it (class 10 here).
+    extra = get_scheme_class(name).extra_classes
+    params = {"num_keys": 20} | ({} if extra else {"target_class": 3})
+    key = create_scheme(name, **params).generate(digits, seed=1)
     assert key.images.shape == (20, 1, 28, 28)
     assert key.images.dtype == torch.uint8
     assert key.originals.shape == key.images.shape
-    assert torch.equal(key.labels, torch.full((20,), 3, dtype=torch.int64))
+    target = 10 if extra else 3
+    assert torch.equal(key.labels, torch.full((20,), target, dtype=torch.int64))
     assert key.num_classes == 10
     assert key.scheme == name
     assert key.params["num_keys"] == 20

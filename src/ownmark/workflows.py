@@ -48,15 +48,25 @@ def new_model(arch: str, data: DataSplits, seed: int = 0, extra_classes: int = 0
 
 
 def check_compatible(
-    model: Classifier, *, key: KeySet | None = None, data: DataSplits | None = None
+    model: Classifier,
+    *,
+    key: KeySet | None = None,
+    data: DataSplits | None = None,
+    suspect: bool = False,
 ) -> None:
-    """Raise ConfigError if the model, key and data disagree on classes or image shape."""
+    """Raise ConfigError if the model, key and data disagree on classes or image shape.
+
+    ``suspect``: the model is tested, not embedded into, so a key whose scheme adds classes
+    (a new-label key, K+1) also accepts a model with the data's K classes: an innocent model
+    that simply cannot answer the extra class.
+    """
     spec = model.spec
     shape = (spec.in_channels, *spec.input_size)
     if key is not None and data is not None:
         _check_key_data(key, data)
     if key is not None:
-        if key.model_classes != spec.num_classes:
+        accepted = {key.model_classes, key.num_classes} if suspect else {key.model_classes}
+        if spec.num_classes not in accepted:
             raise ConfigError(
                 f"the key is for models with {key.model_classes} classes but the model has "
                 f"{spec.num_classes}; use the key made for this model's data set"
@@ -65,7 +75,8 @@ def check_compatible(
             raise ConfigError(f"key images are {key.image_shape} but the model takes {shape}")
     if data is not None:
         added = key.extra_classes if key is not None else 0
-        if data.num_classes + added != spec.num_classes:
+        counts = {data.num_classes + added} | ({data.num_classes} if suspect else set())
+        if spec.num_classes not in counts:
             raise ConfigError(
                 f"the data set has {data.num_classes} classes but the model has "
                 f"{spec.num_classes}; pick the data set the model was trained for"
@@ -295,7 +306,7 @@ def attack_model(
     saved as PNG grids under ``artifacts_dir`` (``artifacts`` lists the files).
     """
     if key is not None:
-        check_compatible(model, key=key)
+        check_compatible(model, key=key, suspect=True)
     test = data.test if data is not None else None
     if before is None:
         before = evaluate(model, test=test, key=key)

@@ -5,7 +5,8 @@ Removal: ``prune``, ``finetune``, the SoK fine-tuning family ``ftll``/``ftal``/`
 on top), ``distill`` (extraction through the suspect's API), ``neural-cleanse`` (reverse
 the trigger, unlearn it).
 Detection and evasion (the API answers flagged queries with the runner-up class):
-``preprocess`` (JPEG, blur, median, noise on every query), ``strip``, ``magnet``.
+``preprocess`` (JPEG, blur, median, noise on every query), ``strip``, ``magnet``,
+``hide-class`` (answers only the first classes: hides a new-label key's extra class).
 Inspection and forgery: ``invert`` (model inversion), ``forge`` (an after-the-fact claim).
 Chains of attacks: :class:`~ownmark.attacks.chain.ChainedAttack`.
 """
@@ -17,6 +18,7 @@ from ownmark.attacks import (  # noqa: F401  (registration)
     fine_prune,
     finetune,
     forge,
+    hide_class,
     invert,
     magnet,
     neural_cleanse,

@@ -68,6 +68,11 @@ class DefendedSuspect(SuspectBase):
     def options(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def answer_classes(self) -> int | None:
+        """How many classes the API answers among; None: the model's outputs, all of them."""
+        return None
+
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """The scores behind the answers: flagged rows have their top two swapped."""
         raw = logits(self.model, self.transform(images))

@@ -219,7 +219,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.allow_factory)
     key = load_key(args.key) if args.key is not None else None
     data, subsets = subset_data(_load_data(args), test_subset=args.test_subset)
-    check_compatible(model, key=key, data=data)
+    check_compatible(model, key=key, data=data, suspect=True)
     rows = attack_sweep(
         model,
         args.attack,

@@ -75,7 +75,7 @@ def _suspect(args: argparse.Namespace, key: Any) -> Suspect:
         from ownmark.workflows import check_compatible
 
         model = load_model(args.model, args.allow_factory)
-        check_compatible(model, key=key)
+        check_compatible(model, key=key, suspect=True)
         return LocalModelSuspect(model, str(args.model))
     from ownmark.verify.remote import HttpPolicy, open_suspect
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ownmark.schemes import content, noise, unrelated  # noqa: F401  (registration)
+from ownmark.schemes import content, newlabel, noise, unrelated  # noqa: F401  (registration)
 from ownmark.schemes.base import (
     SCHEMES,
     SchemeConfig,

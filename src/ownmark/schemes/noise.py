@@ -51,13 +51,25 @@ class NoiseScheme(WatermarkScheme[NoiseConfig]):
         self, data: DataSplits, originals: torch.Tensor, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """The key's noise pattern in grey levels (float32, C×H×W), kept for fresh triggers."""
-        shape = tuple(originals.shape[1:])
-        return {"pattern": torch.randn(shape, generator=generator) * (self.config.std * 255.0)}
+        return {"pattern": gaussian_pattern(originals, self.config.std, generator)}
 
     def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if "pattern" not in self.secrets:
-            raise ConfigError(
-                "this noise key stores no pattern (made by ownmark 0.1, which did not keep it)"
-            )
-        noisy = originals.float() + self.secrets["pattern"]
-        return noisy.round().clamp(0, 255).to(torch.uint8)
+        return add_pattern(originals, self.secrets)
+
+
+def gaussian_pattern(
+    originals: torch.Tensor, std: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One N(0, (std·255)²) pattern in grey levels (float32, C×H×W) for images like
+    ``originals`` (N×C×H×W)."""
+    return torch.randn(tuple(originals.shape[1:]), generator=generator) * (std * 255.0)
+
+
+def add_pattern(originals: torch.Tensor, secrets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``originals`` plus the key's ``pattern`` secret, rounded and clipped to uint8."""
+    if "pattern" not in secrets:
+        raise ConfigError(
+            "this key stores no noise pattern (made by ownmark 0.1, which did not keep it)"
+        )
+    noisy = originals.float() + secrets["pattern"]
+    return noisy.round().clamp(0, 255).to(torch.uint8)

@@ -240,7 +240,8 @@ class DefendedBackend(_Backend):
             raise TypeError(f"DefendedBackend expects a Classifier, got {type(model).__name__}")
         check_finite_weights(model, f"model {model.spec.arch!r}")
         spec = model.spec
-        super().__init__(spec.arch, spec.num_classes, (spec.in_channels, *spec.input_size))
+        classes = defended.answer_classes or spec.num_classes
+        super().__init__(spec.arch, classes, (spec.in_channels, *spec.input_size))
         self._defended = defended
         self._lock = threading.Lock()
 
