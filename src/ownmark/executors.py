@@ -10,7 +10,7 @@ it. The caller decides what a failed task means; the matrix reports it as a cras
   time in this process are seen).
 - ``local`` (the matrix's default): a pool of ``workers`` fresh Python processes on this
   machine. Each imports ownmark (and ``plugins``) afresh and gets ``cores / workers`` torch
-  threads.
+  threads, at most as many as the calling process has (set ``OMP_NUM_THREADS`` to lower it).
 - ``ray``: tasks on a Ray cluster (``address``: ``None`` starts a local Ray runtime,
   ``"auto"`` or ``ray://host:10001`` joins one). Every node must have ownmark installed and
   see the output folder at the same path (a shared file system), because tasks read the
@@ -19,7 +19,10 @@ it. The caller decides what a failed task means; the matrix reports it as a cras
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +65,11 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        # A worker whose run was killed must not go on training for nobody: ask the kernel
+        # to end it with its parent (PR_SET_PDEATHSIG).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
 
 
 class Executor(ABC):
@@ -114,7 +122,12 @@ class ProcessExecutor(Executor):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            import torch
+
+            # Each worker gets its share of the cores, and no more threads than this process
+            # has (OMP_NUM_THREADS=1 on a shared machine: oversubscribed torch threads spin).
+            share = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = min(share, torch.get_num_threads())
             # spawn, not fork: a forked child of a process that already ran torch's thread
             # pools can deadlock.
             self._pool = ProcessPoolExecutor(
