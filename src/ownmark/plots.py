@@ -37,12 +37,7 @@ def plot_sweep(rows: list[dict[str, Any]], parameter: str, path: str | Path) -> 
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
     axes.set_title(f"{name} sweep over {parameter}")
-    figure.tight_layout()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
-    return target
+    return _save(figure, path)
 
 
 def plot_scheme_curves(
@@ -71,6 +66,13 @@ def plot_scheme_curves(
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=7, ncol=2)
     axes.set_title(f"watermark (solid) and clean test accuracy (dashed) vs. {parameter}")
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG atomically and release it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     target = Path(path)
     with atomic_path(target) as tmp:

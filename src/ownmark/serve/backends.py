@@ -227,7 +227,7 @@ class TorchBackend(_Backend):
         return result
 
 
-class DefendedBackend(_Backend):
+class DefendedBackend(TorchBackend):
     """Serve a defended API an evasion attack built (:class:`~ownmark.attacks.defence.
     DefendedSuspect`): its transform and refusals apply to every request, as they would
     behind the attacker's server. Used by the robustness matrix to verify defences through
@@ -238,16 +238,9 @@ class DefendedBackend(_Backend):
         model = defended.model
         if not isinstance(model, Classifier):
             raise TypeError(f"DefendedBackend expects a Classifier, got {type(model).__name__}")
-        check_finite_weights(model, f"model {model.spec.arch!r}")
-        spec = model.spec
-        classes = defended.answer_classes or spec.num_classes
-        super().__init__(spec.arch, classes, (spec.in_channels, *spec.input_size))
+        super().__init__(model)
+        self._num_classes = defended.answer_classes or self._num_classes
         self._defended = defended
-        self._lock = threading.Lock()
-
-    @property
-    def platform(self) -> str:
-        return "pytorch"
 
     @property
     def description(self) -> dict[str, str]:
