@@ -2,7 +2,9 @@
 
 >>> from ownmark.schemes import list_schemes
 >>> list_schemes()
-['content', 'noise', 'unrelated']
+['content', 'newlabel', 'noise', 'unrelated']
+
+``stego`` (DeepStego) is experimental: ``import ownmark.schemes.stego`` registers it.
 """
 
 from __future__ import annotations
