@@ -198,8 +198,33 @@ def markdown(record: dict[str, Any]) -> str:
         *cost_section(runs),
         "",
         *footer("zhang_cifar10.json"),
+        *not_owned(runs),
     ]
     return "\n".join(lines)
+
+
+def not_owned(runs: list[dict[str, Any]]) -> list[str]:
+    """One line naming every verdict other than "owned" (with its watermark accuracy)."""
+    cases = []
+    for r in runs:
+        for scheme, row in r["schemes"].items():
+            attacked = [(f"{round(p['rate'] * 100)}% pruning", p) for p in row["pruning"]]
+            attacked.append(("fine-tuning", row["finetune"]))
+            cases += [
+                f"seed {r['seed']} {scheme} after {what}: {a['verdict']} "
+                f"(wm {a['watermark_accuracy']}%, p = {a['p_value']:.2g})"
+                for what, a in attacked
+                if a["verdict"] != "owned"
+            ]
+    if not cases:
+        return []
+    return [
+        "Not owned: " + "; ".join(cases) + '. "inconclusive" means the binomial test '
+        "passed but the verifier's decoy control failed (the attacked model no longer "
+        "classifies ordinary images well above chance, or gives the key label to them too), "
+        "so ownmark makes no claim.",
+        "",
+    ]
 
 
 def main() -> None:
