@@ -473,15 +473,18 @@ def removal_succeeded(cell: dict[str, Any], untouched: dict[str, Any] | None) ->
     """Whether ``cell``'s attack removed the watermark by the SoK's criterion.
 
     Verification does not say "owned", clean accuracy is at most :data:`MAX_ACCURACY_DROP`
-    below the untouched watermarked model's (same scheme and seed), and a defence refuses at
-    most :data:`~ownmark.attacks.defence.MAX_REFUSAL_RATE` of normal queries. A crashed cell
-    or one without its untouched counterpart never counts.
+    below the untouched watermarked model's (same scheme and seed, same test images), and a
+    defence refuses at most :data:`~ownmark.attacks.defence.MAX_REFUSAL_RATE` of normal
+    queries. A crashed cell or one without its untouched counterpart never counts.
     """
     if "error" in cell or untouched is None or "error" in untouched:
         return False
     if cell["verdict"] == "owned" or cell.get("test_accuracy") is None:
         return False
-    if untouched["test_accuracy"] - cell["test_accuracy"] > MAX_ACCURACY_DROP:
+    # The untouched model on the same test images the attacked one was judged on (the
+    # second half when the attacker used the first), else on the whole test set.
+    baseline = (cell.get("before") or {}).get("test_accuracy") or untouched["test_accuracy"]
+    if baseline - cell["test_accuracy"] > MAX_ACCURACY_DROP:
         return False
     refused = cell.get("refusal_rate")
     return refused is None or refused <= MAX_REFUSAL_RATE
@@ -577,7 +580,7 @@ def _rankings(
 _CELL_FIELDS = frozenset(
     {
         "after", "arch", "artifacts", "attack", "before", "calibration", "decoys",
-        "evaluated_on", "findings", "key_commitment", "key_queries", "machine",
+        "evaluated_on", "findings", "key_commitment", "key_queries", "machine", "matches",
         "ownmark_version", "p0", "p_value", "refusal_rate", "requests", "scheme", "seed",
         "task", "test_accuracy", "torch_version", "verdict", "verified_through",
         "watermark_accuracy", "written",
@@ -632,10 +635,13 @@ def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str,
     """
     out = Path(out_dir)
     schemes = sorted({c["scheme"] for c in cells})
-    attacks = list(dict.fromkeys(c["attack"] for c in cells))
-    summary = summarise(cells)
     settings = out / "config.json"
     config = json.loads(settings.read_text())["config"] if settings.is_file() else {}
+    # The run's column order (untouched first), then any other columns the cells name.
+    ordered = [NO_ATTACK, *config.get("attacks", ())]
+    attacks = list(dict.fromkeys([*ordered, *(c["attack"] for c in cells)]))
+    attacks = [a for a in attacks if any(c["attack"] == a for c in cells)]
+    summary = summarise(cells)
     seeds = sorted({c["seed"] for c in cells})
     verified = "ownmark's HTTP server and verifier" if config.get("served", True) else "in process"
     lines = [
@@ -651,17 +657,18 @@ def render_matrix(cells: list[dict[str, Any]], out_dir: str | Path) -> dict[str,
         f"{100 * MAX_REFUSAL_RATE:.0f}% of normal queries); `refuses` is a defence's refusal "
         "rate on normal test queries.",
         "",
-        "| scheme | " + " | ".join(attacks) + " |",
-        "| --- |" + " ---: |" * len(attacks),
+        "| attack | " + " | ".join(schemes) + " |",
+        "| --- |" + " ---: |" * len(schemes),
     ]
-    for scheme in schemes:
-        row = [_cell_text(summary[scheme][a]) if a in summary[scheme] else "-" for a in attacks]
-        lines.append(f"| {scheme} | " + " | ".join(row) + " |")
+    for attack in attacks:
+        row = [_cell_text(summary[s][attack]) if attack in summary[s] else "-" for s in schemes]
+        lines.append(f"| {attack} | " + " | ".join(row) + " |")
     lines += ["", "Key queries ownmark's verifier sent before its verdict (mean over seeds):", ""]
-    lines += ["| scheme | " + " | ".join(attacks) + " |", "| --- |" + " ---: |" * len(attacks)]
-    for scheme in schemes:
-        queries = [summary[scheme].get(a, {}).get("key_queries", math.nan) for a in attacks]
-        lines.append(f"| {scheme} | " + " | ".join(f"{q:.0f}" for q in queries) + " |")
+    lines += ["| attack | " + " | ".join(schemes) + " |", "| --- |" + " ---: |" * len(schemes)]
+    for attack in attacks:
+        queries = [summary[s].get(attack, {}).get("key_queries", math.nan) for s in schemes]
+        text = ["-" if math.isnan(q) else f"{q:.0f}" for q in queries]
+        lines.append(f"| {attack} | " + " | ".join(text) + " |")
     lines += _rankings(summary, schemes, attacks)
     lines += _findings_lines(cells)
     crashed = crashed_cells(cells)
@@ -739,23 +746,24 @@ def _heatmap(
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    # One row per attack, one column per scheme: long attack lists stay readable.
     grid = [
-        [summary[s].get(a, {}).get("watermark_accuracy", math.nan) for a in attacks]
-        for s in schemes
+        [summary[s].get(a, {}).get("watermark_accuracy", math.nan) for s in schemes]
+        for a in attacks
     ]
-    figure, axes = plt.subplots(figsize=(1.6 + 1.5 * len(attacks), 1.0 + 0.6 * len(schemes)))
+    figure, axes = plt.subplots(figsize=(3.0 + 1.6 * len(schemes), 1.2 + 0.42 * len(attacks)))
     image = axes.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    axes.set_yticks(range(len(schemes)), schemes)
-    for i, scheme in enumerate(schemes):
-        for j, attack in enumerate(attacks):
+    axes.set_xticks(range(len(schemes)), schemes)
+    axes.set_yticks(range(len(attacks)), attacks, fontsize=8)
+    for i, attack in enumerate(attacks):
+        for j, scheme in enumerate(schemes):
             s = summary[scheme].get(attack)
             if s is not None and s["seeds"] == s["crashed"]:
-                axes.text(j, i, "crashed", ha="center", va="center", fontsize=8, color="red")
+                axes.text(j, i, "crashed", ha="center", va="center", fontsize=7, color="red")
             elif s is not None:
-                text = f"{100 * s['watermark_accuracy']:.0f}%\n{s['owned']}/{s['seeds']} owned"
+                text = f"{100 * s['watermark_accuracy']:.0f}%, {s['owned']}/{s['seeds']} owned"
                 colour = "white" if s["watermark_accuracy"] < 0.6 else "black"
-                axes.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+                axes.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     figure.colorbar(image, ax=axes, label="watermark accuracy")
     axes.set_title("watermark accuracy after each attack")
     figure.tight_layout()
