@@ -63,7 +63,7 @@ def main() -> None:
     if args.note:
         header += [args.note, ""]
     body = paths["markdown"].read_text()
-    write_text_atomic(RESULTS / f"{args.name}.md", "\n".join(header) + body)
+    write_text_atomic(RESULTS / f"{args.name}.md", "\n".join(header) + "\n" + body)
     write_json_atomic(RESULTS / f"{args.name}.json", json.loads(paths["json"].read_text()))
     shutil.copyfile(paths["png"], RESULTS / f"{args.name}.png")
     if "pruning" in paths:

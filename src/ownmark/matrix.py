@@ -592,8 +592,8 @@ _HEADLINE_FINDINGS = ("claim_rejected", "rejected_by", "flagged")
 
 def _findings_lines(cells: list[dict[str, Any]]) -> list[str]:
     """A table of what attacks measured beyond accuracy (scores against the key, headline
-    findings), per column and scheme: numbers averaged over seeds, yes/no as counts, lists
-    as the union of their values."""
+    findings), per column and scheme: fractions averaged over seeds, whole numbers (labels,
+    counts) shown when the seeds agree, yes/no as counts, lists as the union of their values."""
     grouped: dict[tuple[str, str], dict[str, list[Any]]] = {}
     for cell in cells:
         if "error" in cell or cell["attack"] == NO_ATTACK:
@@ -619,6 +619,8 @@ def _findings_lines(cells: list[dict[str, Any]]) -> list[str]:
             elif all(isinstance(v, list) for v in seen):
                 union = sorted({str(x) for v in seen for x in v})
                 parts.append(f"{name} [{', '.join(union)}]")
+            elif all(isinstance(v, int) for v in seen):  # labels and counts: not averaged
+                parts.append(f"{name} {seen[0] if len(set(seen)) == 1 else 'varies'}")
             elif all(isinstance(v, int | float) for v in seen):
                 parts.append(f"{name} {sum(seen) / len(seen):.3g}")
         lines.append(f"| {attack} | {scheme} | {'; '.join(parts)} |")
