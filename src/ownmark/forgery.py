@@ -103,6 +103,9 @@ def forge_key(
         params={"attack": "untargeted L-inf PGD", "eps": eps, "steps": steps, "step": step_size},
         dataset=pool.name,
         num_classes=pool.num_classes,
+        # A model with outputs beyond the data's classes (a new-label key's K) may answer
+        # them for an adversarial example: the forged key then covers those outputs too.
+        extra_classes=max(0, model.spec.num_classes - pool.num_classes),
         seed=seed,
         seed_source="given",
         decoys=pool.images[decoy_rows].clone(),
