@@ -29,6 +29,7 @@ from ownmark.serve import BACKEND_REGISTRY
 from ownmark.verify.remote import PROTOCOLS, open_suspect
 from ownmark.verify.suspects import LocalModelSuspect, Suspect
 from plugins import OBJECTIVE_CALLS, BlurDefence, CornerScheme
+from quick_schemes import quick
 
 BUILT_IN_SCHEMES = SCHEMES.names()
 BUILT_IN_ATTACKS = ATTACKS.names()
@@ -78,7 +79,7 @@ def test_registries_share_one_shape() -> None:
 
 @pytest.mark.parametrize("name", ALL_SCHEMES)
 def test_scheme_contract(name: str, digits: DataSplits, tmp_path: Path) -> None:
-    scheme = SCHEMES.create(name, num_keys="20")  # strings convert to the config's types
+    scheme = SCHEMES.create(name, num_keys="20", **quick(name))  # strings convert to types
     assert scheme.config.num_keys == 20
     assert SCHEMES.params(name).keys() == dataclass_params(type(scheme.config)).keys()
     key = scheme.generate(digits, seed=3)
@@ -102,7 +103,7 @@ def test_scheme_contract(name: str, digits: DataSplits, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ALL_SCHEMES)
 def test_scheme_fresh_triggers(name: str, digits: DataSplits) -> None:
-    key = SCHEMES.create(name, num_keys=20).generate(digits, seed=4)
+    key = SCHEMES.create(name, num_keys=20, **quick(name)).generate(digits, seed=4)
     scheme = scheme_for_key(key)
     try:
         images, labels = scheme.fresh_triggers(key, digits, 15, torch.Generator().manual_seed(1))

@@ -11,6 +11,7 @@ from ownmark.data import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.schemes import create_scheme, list_schemes, scheme_parameters
 from ownmark.schemes.base import get_scheme_class
+from quick_schemes import quick
 
 
 def test_registry_has_zhang_schemes() -> None:
@@ -21,7 +22,7 @@ def test_registry_has_zhang_schemes() -> None:
 def test_key_shapes_labels_and_ranges(name: str, digits: DataSplits) -> None:
     # A scheme with an extra class labels every key sample with it (class 10 here).
     extra = get_scheme_class(name).extra_classes
-    params = {"num_keys": 20} | ({} if extra else {"target_class": 3})
+    params = {"num_keys": 20, **quick(name)} | ({} if extra else {"target_class": 3})
     key = create_scheme(name, **params).generate(digits, seed=1)
     assert key.images.shape == (20, 1, 28, 28)
     assert key.images.dtype == torch.uint8
@@ -37,7 +38,7 @@ def test_key_shapes_labels_and_ranges(name: str, digits: DataSplits) -> None:
 
 @pytest.mark.parametrize("name", list_schemes())
 def test_deterministic_per_seed(name: str, digits: DataSplits) -> None:
-    scheme = create_scheme(name, num_keys=10)
+    scheme = create_scheme(name, num_keys=10, **quick(name))
     a, b = scheme.generate(digits, seed=5), scheme.generate(digits, seed=5)
     c = scheme.generate(digits, seed=6)
     assert torch.equal(a.images, b.images)
@@ -62,7 +63,7 @@ def test_colour_data(name: str, digits: DataSplits) -> None:
         return type(split)(big.repeat(1, 3, 1, 1).to(torch.uint8), split.labels, split.classes, "c")
 
     data = DataSplits(colour(digits.train), colour(digits.test))
-    key = create_scheme(name, num_keys=8).generate(data, seed=0)
+    key = create_scheme(name, num_keys=8, **quick(name)).generate(data, seed=0)
     assert key.images.shape == (8, 3, 32, 32)
 
 

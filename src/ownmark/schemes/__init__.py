@@ -2,14 +2,12 @@
 
 >>> from ownmark.schemes import list_schemes
 >>> list_schemes()
-['content', 'newlabel', 'noise', 'unrelated']
-
-``stego`` (DeepStego) is experimental: ``import ownmark.schemes.stego`` registers it.
+['content', 'newlabel', 'noise', 'stego', 'unrelated']
 """
 
 from __future__ import annotations
 
-from ownmark.schemes import content, newlabel, noise, unrelated  # noqa: F401  (registration)
+from ownmark.schemes import content, newlabel, noise, stego, unrelated  # noqa: F401  (registration)
 from ownmark.schemes.base import (
     SCHEMES,
     SchemeConfig,
