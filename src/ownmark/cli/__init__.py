@@ -33,7 +33,7 @@ from ownmark.cli.models import (
     cmd_train,
 )
 from ownmark.cli.parser import build_parser
-from ownmark.cli.verify import cmd_evidence, cmd_verify
+from ownmark.cli.verify import cmd_evidence, cmd_trace, cmd_verify
 from ownmark.errors import ConfigError, OwnmarkError
 from ownmark.registry import parse_sweep
 
@@ -49,6 +49,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "calibrate": cmd_calibrate,
     "key": cmd_key,
     "verify": cmd_verify,
+    "trace": cmd_trace,
     "evidence": cmd_evidence,
     "serve": cmd_serve,
     "export": cmd_export,

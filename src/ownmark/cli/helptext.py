@@ -92,6 +92,10 @@ EXAMPLES: dict[str, str] = {
       --first-seen 2026-06-01 --evidence case.json
   ownmark verify --key key.safetensors --url http://host:8080/v2/models/mnist \\
       --input-name input-0 --input-datatype FP32 --scale unit --input-shape 1,28,28""",
+    "trace": """\
+  for i in 1 2 3 4 5; do ownmark keygen --scheme udh --licensee $i --out keys/l$i.safetensors; done
+  ownmark trace --keys keys --url http://127.0.0.1:8000/v2/models/suspect   # 0: named, 1: none
+  ownmark trace --keys keys --model suspect.safetensors --alpha 1e-3""",
     "evidence": """\
   ownmark evidence keypair owner
   ownmark evidence check case.json --key key.safetensors --public-key owner.pub""",

@@ -127,12 +127,16 @@ def _timestamp(key: Any, url: str, cert: Path | None = None) -> Any:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from ownmark.keys import save_key
     from ownmark.preview import save_preview
-    from ownmark.schemes import create_scheme
+    from ownmark.schemes import create_scheme, scheme_parameters
 
     params: dict[str, Any] = _parse_params(args.param)
-    for name in ("num_keys", "source_class", "target_class"):
+    for name in ("num_keys", "source_class", "target_class", "licensee"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    if "licensee" in params and "licensee" not in scheme_parameters(args.scheme):
+        raise ConfigError(
+            f"scheme {args.scheme!r} has no licensee payload; use --scheme udh for licensee keys"
+        )
     scheme = create_scheme(args.scheme, **params)
     if not 0.0 < args.alpha < 1.0 or args.max_queries < 1:
         raise ConfigError("--alpha must lie in (0, 1) and --max-queries be at least 1")

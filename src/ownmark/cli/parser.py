@@ -412,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="key label (default: a secret label per class; the paper's: 0)",
     )
     keygen.add_argument(
+        "--licensee",
+        type=int,
+        help="licensee number whose copy this key marks (udh: the payload 'licensee N'; "
+        "see 'ownmark trace')",
+    )
+    keygen.add_argument(
         "--alpha",
         type=float,
         default=1e-6,
@@ -509,6 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(verify)
     _add_verify_options(verify)
     _add_allow_factory(verify)
+
+    trace = commands.add_parser(
+        "trace", help="name the licensee whose copy a suspect serves (one key per licensee)"
+    )
+    trace.add_argument(
+        "--keys",
+        required=True,
+        type=Path,
+        help="folder of the licensees' key files (*.safetensors; the file stem names each)",
+    )
+    trace_target = trace.add_mutually_exclusive_group(required=True)
+    trace_target.add_argument("--model", type=Path, help="suspect model file (in this process)")
+    trace_target.add_argument("--url", help="suspect prediction API")
+    trace.add_argument(
+        "--alpha", type=float, help="false-attribution rate (default: each key's plan)"
+    )
+    _add_remote(trace)
+    _add_allow_factory(trace)
 
     evidence = commands.add_parser("evidence", help="check evidence files; make signing keys")
     evidence_commands = evidence.add_subparsers(

@@ -219,6 +219,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"(separation p {control.separation_p:.1e}): "
             + ("passed" if control.passed else "FAILED")
         )
+    from ownmark.verify.evidence import load_evidence
+
+    identity = load_evidence(json_path).get("identity")  # the evidence's own record of it
+    if identity is not None:
+        print(
+            f"identity (second leg): {identity['measure'].upper()} {identity['mean']:.3f} of "
+            f"the revealed copyright image vs threshold {identity['threshold']:.3f}, "
+            f"{100 * identity['share_above']:.0f}% of the triggers above: "
+            + ("passed" if identity["passed"] else "FAILED")
+        )
     print(f"verdict: {result.verdict.value}")
     print(f"evidence {json_path} (report {report_path})")
     files = {"evidence": json_path, "report": report_path}
@@ -229,6 +239,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "p0_origin": _p0_origin(key, args.p0),
             "guarantee": guarantee(key.p0_source, result.alpha),
             "failures": failures,
+            "identity": identity,
             "evidence": json_path,
             "files": files | ({"json": args.json} if args.json is not None else {}),
         },
@@ -290,3 +301,48 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     else:
         print("intact but unsigned: anyone could have written it")
     return EXIT_UNSIGNED
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """``ownmark trace``: verify one suspect with every licensee's key, Holm-corrected."""
+    from ownmark.keys import load_key
+    from ownmark.trace import trace_licensees
+    from ownmark.verify import VerifyConfig
+
+    if not args.keys.is_dir():
+        raise ConfigError(f"--keys {args.keys} is not a folder; give the folder of key files")
+    files = sorted(args.keys.glob("*.safetensors"))
+    if len(files) < 2:
+        raise ConfigError(
+            f"{args.keys} holds {len(files)} key file(s); tracing needs one per licensee, "
+            "at least 2"
+        )
+    keys = {file.stem: load_key(file) for file in files}
+    first = next(iter(keys.values()))
+    shapes = {key.image_shape for key in keys.values()}
+    if len(shapes) > 1:
+        raise ConfigError(f"the keys are for images of different shapes {sorted(shapes)}")
+    suspect = _suspect(args, first)
+    try:
+        result = trace_licensees(keys, suspect, VerifyConfig(alpha=args.alpha))
+    finally:
+        suspect.close()
+    print(f"suspect {args.url or args.model}: {len(keys)} licensee keys")
+    for test in result.tests:
+        print(
+            f"  {test.licensee:16s} {test.verdict:12s} {test.matches}/{test.queries} matched "
+            f"({test.errors} failed), p {test.p_value:.2e}, Holm-adjusted {test.holm_p_value:.2e}"
+        )
+    named = ", ".join(result.licensees)
+    print(
+        {
+            "licensee": f"attribution: licensee {named}",
+            "ambiguous": f"attribution: ambiguous between {named} (several copies answer)",
+            "none": "attribution: none (no licensee's key verifies)",
+            "inconclusive": "attribution: inconclusive (queries failed; nothing attributed)",
+        }[result.attribution]
+    )
+    emit(args, result.summary())
+    return {"licensee": EXIT_OK, "ambiguous": EXIT_OK, "none": EXIT_NOT_OWNED}.get(
+        result.attribution, EXIT_INCONCLUSIVE
+    )

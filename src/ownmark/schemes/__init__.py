@@ -2,12 +2,19 @@
 
 >>> from ownmark.schemes import list_schemes
 >>> list_schemes()
-['content', 'newlabel', 'noise', 'stego', 'unrelated']
+['content', 'newlabel', 'noise', 'stego', 'udh', 'unrelated']
 """
 
 from __future__ import annotations
 
-from ownmark.schemes import content, newlabel, noise, stego, unrelated  # noqa: F401  (registration)
+from ownmark.schemes import (  # noqa: F401  (registration)
+    content,
+    newlabel,
+    noise,
+    stego,
+    udh,
+    unrelated,
+)
 from ownmark.schemes.base import (
     SCHEMES,
     SchemeConfig,

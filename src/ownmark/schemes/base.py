@@ -246,6 +246,14 @@ class WatermarkScheme(ABC, Generic[ConfigT]):
         """The training loss that embeds ``key``; None (default): cross-entropy on the mix."""
         return None
 
+    def identity(self, key: KeySet) -> dict[str, Any] | None:
+        """A second verification leg computed from the key alone (UDH: the copyright image
+        revealed from the triggers), recorded in the evidence and re-checked by
+        ``evidence check``; a dict with at least ``passed``, ``measure``, ``mean``, ``min``,
+        ``threshold``, ``share_above`` and ``required_share``. Default: None (no such leg).
+        """
+        return None
+
     def matches(self, answers: torch.Tensor, key_labels: torch.Tensor) -> torch.Tensor:
         """Which answers (top-1 labels) to key queries count as the watermark (bool tensor).
 

@@ -38,7 +38,7 @@ from ownmark.calibrate import guarantee
 from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
-from ownmark.schemes import answer_matcher
+from ownmark.schemes import answer_matcher, scheme_for_key
 from ownmark.verify.verifier import (
     ControlResult,
     QueryRecord,
@@ -128,6 +128,11 @@ def build_evidence(
             "stop_reason": result.stop_reason,
         },
     }
+    # A scheme's second leg (UDH: the copyright image revealed from the key's triggers),
+    # recomputed from the key by check_evidence; absent for schemes without one.
+    identity = scheme_for_key(key).identity(key)
+    if identity is not None:
+        doc["identity"] = identity
     doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
     return doc
 
@@ -149,6 +154,7 @@ def render_report(doc: dict[str, Any]) -> str:
         f"against alpha {test['alpha']:g}, p0 {test['p0']:.4g}",
         f"- guarantee: {guarantee(key['p0_source'], test['alpha'])}",
         _control_line(doc.get("control")),
+        *_identity_lines(doc.get("identity")),
         "- trusted date of the key: "
         + ("RFC 3161 token attached" if key.get("timestamp_token") else "none (no time stamp)"),
         f"- test: {test['method']}",
@@ -176,6 +182,20 @@ def render_report(doc: dict[str, Any]) -> str:
         "Re-check with `ownmark evidence check EVIDENCE.json --key KEY` (needs the key file)."
     )
     return "\n".join(lines) + "\n"
+
+
+def _identity_lines(identity: dict[str, Any] | None) -> list[str]:
+    """The identity leg's line, when the key's scheme has one."""
+    if identity is None:
+        return []
+    return [
+        f"- identity (second leg): {'PASSED' if identity['passed'] else 'FAILED'}; the "
+        f"copyright image revealed from the key's triggers scores {identity['measure'].upper()} "
+        f"{identity['mean']:.3f} on average (min {identity['min']:.3f}) against a threshold of "
+        f"{identity['threshold']:.3f} calibrated on clean covers; "
+        f"{100 * identity['share_above']:.0f}% of the triggers above it "
+        f"({100 * identity['required_share']:.0f}% required)"
+    ]
 
 
 def _options_line(options: dict[str, Any] | None) -> str:
@@ -566,6 +586,14 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         check.problems.append(f"recorded verdict {res['verdict']!r}, recomputed {verdict.value!r}")
     if not _close(p_value, float(res["p_value"])):
         check.problems.append(f"recorded p-value {res['p_value']}, recomputed {p_value}")
+    identity = scheme_for_key(key).identity(key)
+    if identity != doc.get("identity"):
+        check.problems.append(
+            f"the recorded identity leg {doc.get('identity')!r} differs from the one the key "
+            f"gives {identity!r}"
+        )
+    elif identity is not None and not identity["passed"]:
+        check.notes.append("the identity leg failed: the key's triggers do not reveal its image")
 
 
 def _check_layout(
