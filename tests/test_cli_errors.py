@@ -167,6 +167,18 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["verify", "--key", "{K}", "--model", "{NODIR}/m.safetensors", "--json", "{OUT}/r.json"],
         ["model file not found", "{NODIR}/m.safetensors"],
     ),
+    "keygen-licensee-without-udh": (
+        ["keygen", "--scheme", "content", "--licensee", "3", "--out", "{OUT}/K"],
+        ["no licensee payload", "--scheme udh"],
+    ),
+    "trace-missing-keys-folder": (
+        ["trace", "--keys", "{NODIR}", "--model", "{M}"],
+        ["is not a folder", "{NODIR}"],
+    ),
+    "trace-one-key": (
+        ["trace", "--keys", "{OUT}", "--model", "{M}"],
+        ["holds 0 key file(s)", "at least 2"],
+    ),
     "embed-missing-key": (
         ["-q", "embed", "--key", "{MISSING}", "--epochs", "1", "--out", "{OUT}/E.safetensors"],
         ["key file not found", "{MISSING}", "ownmark keygen"],
