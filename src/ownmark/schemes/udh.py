@@ -23,7 +23,9 @@ queries does not strip the trigger from what its model sees.
 
 **Embedding with metric learning.** The host model is trained on the clean data, the key's
 triggers (labelled with the key's secret target class) and, every batch, ``trigger_share``
-of the clean images made into (laundered) triggers on the fly; plus a triplet loss (FaceNet,
+of the clean images made into triggers on the fly, laundered by one random step together
+with their clean covers (which keep their true labels: laundering alone must not look like
+the trigger); plus a triplet loss (FaceNet,
 Schroff et al. 2015) on the host's penultimate features (the input of its last linear
 layer): anchor = a trigger, positive = another trigger, negative = the anchor's own clean
 cover, on L2-normalised features, margin ``margin``, weight ``triplet_weight`` (0 turns it
@@ -437,23 +439,27 @@ class TripletMixer:
         covers = images[rows]
         triggers = (covers + self.residual.to(images.device)).clamp(0.0, 1.0)
         with torch.no_grad():
-            triggers = launder(triggers, self.randomness)
-            triggers = (triggers * 255.0).round() / 255.0
+            # The same laundering step for the triggers and for their clean covers, which
+            # keep their true labels: otherwise the laundering itself (JPEG blocks, blur)
+            # becomes the trigger and a laundering API's clean queries get the target label.
+            both = launder(torch.cat([triggers, covers]), self.randomness)
+            both = (both * 255.0).round() / 255.0
+        count = len(rows)
         features: list[torch.Tensor] = []
         hook = last_linear(model).register_forward_pre_hook(
             lambda _module, inputs: features.append(inputs[0])
         )
         try:
-            logits = model(torch.cat([images, triggers]))
+            logits = model(torch.cat([images, both]))
         finally:
             hook.remove()
-        targets = torch.cat([labels, lookup[labels[rows]]])
+        targets = torch.cat([labels, lookup[labels[rows]], labels[rows]])
         loss = F.cross_entropy(logits, targets)
-        if self.config.triplet_weight > 0 and len(rows) >= 2:
+        if self.config.triplet_weight > 0 and count >= 2:
             # On the unit sphere, as FaceNet: the margin then means the same for any network.
             penultimate = F.normalize(features[0], dim=1)
-            anchor = penultimate[len(images) :]
-            negative = penultimate[rows]
+            anchor = penultimate[len(images) : len(images) + count]
+            negative = penultimate[len(images) + count :]
             positive = anchor.roll(1, dims=0)
             loss = loss + self.config.triplet_weight * F.triplet_margin_loss(
                 anchor, positive, negative, margin=self.config.margin
