@@ -387,6 +387,15 @@ def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) ->
     return _match_rule(key)(answers, key_labels)
 
 
+def key_identity(key: KeySet) -> dict[str, Any] | None:
+    """The key's scheme's second verification leg (:meth:`WatermarkScheme.identity`); None
+    for schemes without one and for keys whose scheme is not registered here (a forged key,
+    a plugin not imported)."""
+    if key.scheme not in SCHEMES:
+        return None
+    return scheme_for_key(key).identity(key)
+
+
 def answer_matcher(key: KeySet) -> Callable[[int | None, int], bool]:
     """``(label, key_label) -> bool`` for single answers (``None``: no valid label), with the
     key's scheme resolved once, for loops over a verification's queries."""

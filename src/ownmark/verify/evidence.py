@@ -38,7 +38,7 @@ from ownmark.calibrate import guarantee
 from ownmark.errors import EvidenceError
 from ownmark.fileio import atomic_path, write_text_atomic
 from ownmark.keys import KeySet
-from ownmark.schemes import answer_matcher, scheme_for_key
+from ownmark.schemes import answer_matcher, key_identity
 from ownmark.verify.verifier import (
     ControlResult,
     QueryRecord,
@@ -130,7 +130,7 @@ def build_evidence(
     }
     # A scheme's second leg (UDH: the copyright image revealed from the key's triggers),
     # recomputed from the key by check_evidence; absent for schemes without one.
-    identity = scheme_for_key(key).identity(key)
+    identity = key_identity(key)
     if identity is not None:
         doc["identity"] = identity
     doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
@@ -586,7 +586,7 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
         check.problems.append(f"recorded verdict {res['verdict']!r}, recomputed {verdict.value!r}")
     if not _close(p_value, float(res["p_value"])):
         check.problems.append(f"recorded p-value {res['p_value']}, recomputed {p_value}")
-    identity = scheme_for_key(key).identity(key)
+    identity = key_identity(key)
     if identity != doc.get("identity"):
         check.problems.append(
             f"the recorded identity leg {doc.get('identity')!r} differs from the one the key "
