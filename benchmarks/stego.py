@@ -49,11 +49,18 @@ from ownmark.fileio import atomic_path, write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet, load_key, save_key
 from ownmark.metrics import accuracy
 from ownmark.models import Classifier, load_model
-from ownmark.schemes import create_scheme, scheme_for_key
+from ownmark.schemes import create_scheme, key_label_lookup, scheme_for_key
 from ownmark.similarity import psnr, ssim
 from ownmark.steganalysis import DetectionResult, ats_detection, supervised_detection
 from ownmark.train import TrainConfig
-from ownmark.workflows import make_key, run_record, subset_data, train_model, verify_served
+from ownmark.workflows import (
+    default_arch,
+    make_key,
+    run_record,
+    subset_data,
+    train_model,
+    verify_served,
+)
 
 #: Seed 002, Table 2 (CIFAR-10, VGG-16 / VGG-19 / ResNet50): test accuracy without and with
 #: the watermark, trigger accuracy on the unwatermarked and the watermarked model, %.
@@ -85,10 +92,6 @@ def pct(value: float) -> float:
     return round(100 * value, 2)
 
 
-def arch_of(data: DataSplits) -> str:
-    return "zhang_mnist" if data.image_shape[0] == 1 else "zhang_cifar10"
-
-
 def cached_key(path: Path, make: Any) -> KeySet:
     if path.is_file():
         return load_key(path)
@@ -109,16 +112,9 @@ def cached_model(
         return load_model(path)
     log(f"training {path.stem} ({config.epochs} epochs)")
     model, _ = train_model(
-        data, config, arch=arch or arch_of(data), key=key, out=path, progress=False
+        data, config, arch=arch or default_arch(data), key=key, out=path, progress=False
     )
     return model
-
-
-def label_lookup(key: KeySet) -> torch.Tensor:
-    lookup = torch.full((key.num_classes,), -1, dtype=torch.int64)
-    for source, target in key.params["label_map"].items():
-        lookup[int(source)] = int(target)
-    return lookup
 
 
 def triggers_of(key: KeySet, covers: torch.Tensor) -> torch.Tensor:
@@ -130,7 +126,7 @@ def table2(
 ) -> dict[str, Any]:
     covers, truth = data.test.images[:fresh], data.test.labels[:fresh]
     stego = triggers_of(key, covers)
-    wanted = label_lookup(key)[truth]
+    wanted = key_label_lookup(key)[truth]
     row: dict[str, Any] = {}
     for name, model in (("clean", clean), ("marked", marked)):
         row[name] = {
@@ -238,7 +234,7 @@ def table5(
     key: KeySet, marked: Classifier, others: dict[str, KeySet], data: DataSplits, count: int
 ) -> dict[str, Any]:
     covers, truth = data.test.images[:count], data.test.labels[:count]
-    wanted = label_lookup(key)[truth]
+    wanted = key_label_lookup(key)[truth]
     rows = {
         name: pct(accuracy(marked, triggers_of(other, covers), wanted))
         for name, other in others.items()
@@ -274,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             TrainConfig(epochs=args.epochs, seed=seed + 100 + i),
             arch=arch,
         )
-        for i, arch in enumerate((arch_of(data), "lenet5"))
+        for i, arch in enumerate((default_arch(data), "lenet5"))
     ]
     # The attacker's look-alike encoders (Table 5): the paper's three are trained for
     # invisibility only ("we are only training this stego-model and discriminator"); a fourth

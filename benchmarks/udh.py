@@ -39,13 +39,14 @@ from typing import Any
 import torch
 
 from ownmark.attacks import create_attack
+from ownmark.attacks.base import AttackData
 from ownmark.attacks.preprocess import gaussian_blur, jpeg
 from ownmark.calibrate import calibrate_key
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet, load_key, save_key
 from ownmark.metrics import accuracy, answer_accuracy
-from ownmark.models import Classifier, load_model
+from ownmark.models import Classifier, load_model, save_model
 from ownmark.schemes import create_scheme, scheme_for_key
 from ownmark.schemes.udh import PAYLOAD, ncc
 from ownmark.similarity import psnr, ssim
@@ -81,8 +82,6 @@ def cached_model(path: Path, make: Any) -> Classifier:
         return load_model(path)
     log(f"training {path.stem}")
     model: Classifier = make()
-    from ownmark.models import save_model
-
     save_model(model, path)
     return model
 
@@ -141,7 +140,7 @@ def owner_rows(
         ("jpeg q90", {"kind": "jpeg", "quality": 90}, lambda x: jpeg(x, 90)),
         ("blur sigma 1", {"kind": "blur", "sigma": 1.0}, lambda x: gaussian_blur(x, 1.0)),
     ):
-        api = create_attack("preprocess", **params)(marked, attacker_data_none())
+        api = create_attack("preprocess", **params)(marked, AttackData())
         revealed = ncc(scheme.reveal(launder(key.images)), payload)
         laundering[name] = {
             "wm": pct(answer_accuracy(api, fresh.images, fresh.labels)),
@@ -152,12 +151,6 @@ def owner_rows(
         }
     out["laundering"] = laundering
     return out
-
-
-def attacker_data_none() -> Any:
-    from ownmark.attacks.base import AttackData
-
-    return AttackData()
 
 
 def trace_row(keys: dict[str, KeySet], model: Any) -> dict[str, Any]:
@@ -195,7 +188,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cache / "owner-no-triplet.safetensors", lambda: train("zhang_mnist", seed, no_triplet)
     )
     log("measuring the owner's key")
-    results: dict[str, Any] = {"owner": owner_rows(owner, marked, clean, data, seed)}
+    results: dict[str, Any] = {
+        "clean_test": pct(accuracy(clean, data.test.images, data.test.labels)),
+        "owner": owner_rows(owner, marked, clean, data, seed),
+    }
     fresh = fresh_key(owner, data)
     results["ablation"] = {
         "test": pct(accuracy(ablation, data.test.images, data.test.labels)),
@@ -228,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "own_key": pct(accuracy(model, keys[name].images, keys[name].labels)),
             "released": trace_row(calibrated, model),
         }
-        pruned = create_attack("prune", rate=0.5)(model, attacker_data_none())
+        pruned = create_attack("prune", rate=0.5)(model, AttackData())
         row["pruned 50%"] = trace_row(calibrated, pruned)
         attack = create_attack("finetune", progress=False, seed=seed, epochs=3)
         tuned, _ = attack_model(model, attack, data=attacker_data(attack, data, model))
@@ -336,9 +332,6 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.now(timezone.utc)
     results = run(args)
-    data = load_dataset("mnist", args.data_path)
-    clean = load_model(Path(args.cache) / "clean.safetensors")
-    results["clean_test"] = pct(accuracy(clean, data.test.images, data.test.labels))
     record = run_record(
         task="udh benchmark",
         command="python " + shlex.join(sys.argv),

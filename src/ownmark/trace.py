@@ -138,11 +138,11 @@ def calibrate_licensees(
     calibrated: dict[str, KeySet] = {}
     reports: dict[str, CalibrationReport] = {}
     for name, key in keys.items():
-        others = [copies[other] for other in sorted(copies) if other != name]
-        models = [*references, *others]
+        others = [other for other in sorted(copies) if other != name]
+        models = [*references, *(copies[other] for other in others)]
         groups = ["clean"] * len(references) + ["other-key"] * len(others)
         labels = [f"reference-{i}" for i in range(len(references))] + [
-            f"licensee {other}" for other in sorted(copies) if other != name
+            f"licensee {other}" for other in others
         ]
         calibrated[name], reports[name] = calibrate_key(
             key, models, names=labels, groups=groups, test=test, allow_weak=allow_weak

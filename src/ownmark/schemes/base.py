@@ -387,6 +387,27 @@ def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) ->
     return _match_rule(key)(answers, key_labels)
 
 
+def key_label_lookup(key: KeySet) -> torch.Tensor:
+    """Key label of each class (int64, ``key.num_classes``) from the key's label map; -1 for
+    classes that carry no trigger."""
+    lookup = torch.full((key.num_classes,), -1, dtype=torch.int64)
+    for source, target in key.params.get("label_map", {}).items():
+        lookup[int(source)] = int(target)
+    return lookup
+
+
+def source_rows(
+    labels: torch.Tensor, is_key: torch.Tensor, lookup: torch.Tensor, share: float
+) -> torch.Tensor:
+    """Indices of the first ``share`` of a batch's clean rows whose class carries a trigger
+    (``lookup`` as :func:`key_label_lookup`): the rows a scheme's objective turns into
+    triggers on the fly."""
+    lookup = lookup.to(labels.device)
+    carries = lookup[labels.clamp(max=len(lookup) - 1)] >= 0
+    candidates = ((~is_key) & carries).nonzero().squeeze(1)
+    return candidates[: round(share * len(candidates))]
+
+
 def key_identity(key: KeySet) -> dict[str, Any] | None:
     """The key's scheme's second verification leg (:meth:`WatermarkScheme.identity`); None
     for schemes without one and for keys whose scheme is not registered here (a forged key,

@@ -106,7 +106,13 @@ from torch import nn
 from ownmark.data.base import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
+from ownmark.schemes.base import (
+    SchemeConfig,
+    WatermarkScheme,
+    key_label_lookup,
+    register_scheme,
+    source_rows,
+)
 from ownmark.similarity import K1, K2, SIGMA, WINDOW, gaussian_window
 
 #: Name prefix of the encoder's weights in the key's ``extra`` tensors.
@@ -421,14 +427,6 @@ def warm_up_encoder(
         enc_opt.step()
 
 
-def key_label_lookup(label_map: dict[int, int], num_classes: int) -> torch.Tensor:
-    """Key label of each class (int64, ``num_classes``), -1 for classes that carry no key."""
-    lookup = torch.full((num_classes,), -1, dtype=torch.int64)
-    for source, target in label_map.items():
-        lookup[source] = target
-    return lookup
-
-
 class StegoMixer:
     """A training objective (:class:`ownmark.train.Objective`) that turns ``share`` of each
     batch's clean images of the key's source classes into stego images, labelled with their
@@ -479,8 +477,7 @@ class StegoMixer:
         if learning:
             self.apply_gradients()
         lookup = self.lookup.to(labels.device)
-        candidates = ((~is_key) & (lookup[labels.clamp(max=len(lookup) - 1)] >= 0)).nonzero()
-        rows = candidates.squeeze(1)[: round(self.config.stego_share * len(candidates))]
+        rows = source_rows(labels, is_key, lookup, self.config.stego_share)
         covers = images[rows]
         logo = self.logo.to(images.device)
         extra = torch.zeros((), device=images.device)
@@ -557,6 +554,7 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
         """The warm-up and the joint training of the module docstring, seeded by ``seed``."""
         from ownmark.models import ModelSpec, build_model  # the models do not need schemes
         from ownmark.train import TrainConfig, fit
+        from ownmark.workflows import default_arch  # the workflows import the schemes
 
         cfg = self.config
         channels = data.image_shape[0]
@@ -573,7 +571,7 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
         if cfg.joint_images is not None and cfg.joint_images < len(train):
             rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
             train = train.subset(rows[: cfg.joint_images])
-        arch = cfg.proxy_arch or ("zhang_mnist" if channels == 1 else "zhang_cifar10")
+        arch = cfg.proxy_arch or default_arch(data)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             spec = ModelSpec.with_defaults(
@@ -581,7 +579,9 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
             )
             proxy = build_model(spec)
         config = TrainConfig(epochs=cfg.joint_epochs, key_ratio=0.0, seed=seed % 2**31)
-        lookup = key_label_lookup(self.joint_label_map, data.num_classes)
+        lookup = torch.full((data.num_classes,), -1, dtype=torch.int64)
+        for source, target in self.joint_label_map.items():
+            lookup[source] = target
         mixer = StegoMixer(
             cfg,
             encoder,
@@ -632,9 +632,7 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
         encoder = self.encoder(key.image_shape[0])
         for parameter in encoder.parameters():
             parameter.requires_grad_(False)
-        label_map = {int(k): int(v) for k, v in key.params["label_map"].items()}
-        lookup = key_label_lookup(label_map, key.num_classes)
-        return StegoMixer(self.config, encoder, self.logo01(key.image_shape), lookup)
+        return StegoMixer(self.config, encoder, self.logo01(key.image_shape), key_label_lookup(key))
 
     def make_triggers(self, originals: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         encoder = self.encoder(originals.shape[1])

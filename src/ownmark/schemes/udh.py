@@ -76,7 +76,13 @@ from torch import nn
 from ownmark.data.base import DataSplits
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.schemes.base import SchemeConfig, WatermarkScheme, register_scheme
+from ownmark.schemes.base import (
+    SchemeConfig,
+    WatermarkScheme,
+    key_label_lookup,
+    register_scheme,
+    source_rows,
+)
 from ownmark.schemes.stego import load_stego_logo, single_thread
 
 HIDE_PREFIX = "hide."
@@ -406,8 +412,7 @@ class UDHScheme(WatermarkScheme[UDHConfig]):
         negative the anchor's clean cover)."""
         self.secrets = dict(key.extra)
         residual = self.residual(key.image_shape[0])
-        label_map = {int(k): int(v) for k, v in key.params["label_map"].items()}
-        return TripletMixer(self.config, residual, label_map, key.num_classes, key.seed or 0)
+        return TripletMixer(self.config, residual, key_label_lookup(key), key.seed or 0)
 
 
 class TripletMixer:
@@ -417,15 +422,12 @@ class TripletMixer:
         self,
         config: UDHConfig,
         residual: torch.Tensor,
-        label_map: dict[int, int],
-        num_classes: int,
+        lookup: torch.Tensor,
         seed: int,
     ) -> None:
         self.config = config
         self.residual = residual
-        self.lookup = torch.full((num_classes,), -1, dtype=torch.int64)
-        for source, target in label_map.items():
-            self.lookup[source] = target
+        self.lookup = lookup
         self.randomness = torch.Generator().manual_seed(seed % 2**63)
 
     def __call__(
@@ -434,8 +436,7 @@ class TripletMixer:
         from ownmark.attacks.transfer import last_linear
 
         lookup = self.lookup.to(labels.device)
-        candidates = ((~is_key) & (lookup[labels.clamp(max=len(lookup) - 1)] >= 0)).nonzero()
-        rows = candidates.squeeze(1)[: round(self.config.trigger_share * len(candidates))]
+        rows = source_rows(labels, is_key, lookup, self.config.trigger_share)
         covers = images[rows]
         triggers = (covers + self.residual.to(images.device)).clamp(0.0, 1.0)
         with torch.no_grad():
