@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import shlex
 import sys
 import time
@@ -37,12 +35,13 @@ from typing import Any
 
 import torch
 
+from common import START, cached_key, cached_model, log, machine_info, pct
 from ownmark.attacks import create_attack
 from ownmark.attacks.base import AttackData
 from ownmark.calibrate import calibrate_key
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
-from ownmark.keys import KeySet, load_key, save_key
+from ownmark.keys import KeySet
 from ownmark.metrics import accuracy, answer_accuracy, predict
 from ownmark.models import Classifier, load_model
 from ownmark.schemes import scheme_for_key
@@ -66,33 +65,21 @@ PAPER_FINETUNE = {
 }
 #: Class-Feature Watermark (AAAI 2026), reported watermark accuracy after model extraction.
 CFW_AFTER_EXTRACTION = 70.0
-START = time.perf_counter()
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - START:6.0f} s] {message}", file=sys.stderr, flush=True)
-
-
-def cached_model(
+def trained(
     path: Path, data: DataSplits, config: TrainConfig, key: KeySet | None = None
 ) -> Classifier:
-    if path.is_file():
-        return load_model(path)
-    log(f"training {path.stem} ({config.epochs} epochs)")
-    model, _ = train_model(data, config, arch="zhang_mnist", key=key, out=path, progress=False)
-    return model
+    """The host saved at ``path``, or trained (``config``, zhang_mnist) and saved there."""
+    return cached_model(
+        path,
+        lambda: train_model(data, config, arch="zhang_mnist", key=key, progress=False)[0],
+    )
 
 
-def cached_key(path: Path, data: DataSplits, scheme: str, seed: int, **params: Any) -> KeySet:
-    if path.is_file():
-        return load_key(path)
-    key = make_key(data, scheme, seed=seed, dataset="mnist", **params)
-    save_key(key, path)
-    return key
-
-
-def pct(value: float | None) -> float | None:
-    return None if value is None else round(100 * value, 2)
+def scheme_key(path: Path, data: DataSplits, scheme: str, seed: int, **params: Any) -> KeySet:
+    """The key saved at ``path``, or made with ``scheme`` and saved there."""
+    return cached_key(path, lambda: make_key(data, scheme, seed=seed, dataset="mnist", **params))
 
 
 def measure(
@@ -189,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for seed in args.seeds:
         config = TrainConfig(epochs=args.epochs, seed=seed, key_ratio=args.key_ratio)
-        clean = cached_model(cache / f"clean-s{seed}.safetensors", data, config)
+        clean = trained(cache / f"clean-s{seed}.safetensors", data, config)
         lenet_config = TrainConfig(epochs=args.epochs, seed=seed + 100)
         lenet_path = cache / f"clean-lenet5-s{seed}.safetensors"
         if lenet_path.is_file():
@@ -199,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lenet, _ = train_model(
                 data, lenet_config, arch="lenet5", out=lenet_path, progress=False
             )
-        second = cached_model(
+        second = trained(
             cache / f"clean2-s{seed}.safetensors",
             data,
             TrainConfig(epochs=args.epochs, seed=seed + 200),
@@ -213,8 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 params: dict[str, Any] = {"num_keys": num_keys}
                 params |= {"beta": beta} if scheme == "newlabel" else {"std": beta}
                 stem = f"{scheme}-b{beta}-s{seed}"
-                key = cached_key(cache / f"{stem}.key.safetensors", data, scheme, seed, **params)
-                model = cached_model(cache / f"{stem}.safetensors", data, config, key)
+                key = scheme_key(cache / f"{stem}.key.safetensors", data, scheme, seed, **params)
+                model = trained(cache / f"{stem}.safetensors", data, config, key)
                 log(f"measuring {stem}")
                 row = measure(key, model, clean, references, data, seed)
                 calibrated = row.pop("calibrated_key")
@@ -334,8 +321,7 @@ def main() -> None:
         command="python " + shlex.join(sys.argv),
         date=started.isoformat(timespec="seconds"),
         seconds=time.perf_counter() - START,
-        machine_info=f"{platform.platform()}, {os.cpu_count()} CPU cores (shared), no GPU; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        machine_info=machine_info(),
         config={
             **vars(args),
             "out_dir": str(args.out_dir),

@@ -31,8 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -43,12 +41,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from common import START, cached_key, cached_model, log, machine_info, pct
 from ownmark.calibrate import calibrate_key
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import atomic_path, write_json_atomic, write_text_atomic
-from ownmark.keys import KeySet, load_key, save_key
+from ownmark.keys import KeySet
 from ownmark.metrics import accuracy
-from ownmark.models import Classifier, load_model
+from ownmark.models import Classifier
 from ownmark.schemes import create_scheme, key_label_lookup, scheme_for_key
 from ownmark.similarity import psnr, ssim
 from ownmark.steganalysis import DetectionResult, ats_detection, supervised_detection
@@ -81,40 +80,22 @@ PAPER_TABLE3 = {
 #: and of the owner's (seed 22), %.
 PAPER_TABLE5 = {"look-alikes": (13, 10, 12), "owner": 97}
 ZHANG = ("content", "noise", "unrelated")
-START = time.perf_counter()
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - START:6.0f} s] {message}", file=sys.stderr, flush=True)
-
-
-def pct(value: float) -> float:
-    return round(100 * value, 2)
-
-
-def cached_key(path: Path, make: Any) -> KeySet:
-    if path.is_file():
-        return load_key(path)
-    log(f"making {path.name}")
-    key: KeySet = make()
-    save_key(key, path)
-    return key
-
-
-def cached_model(
+def trained(
     path: Path,
     data: DataSplits,
     config: TrainConfig,
     key: KeySet | None = None,
     arch: str | None = None,
 ) -> Classifier:
-    if path.is_file():
-        return load_model(path)
-    log(f"training {path.stem} ({config.epochs} epochs)")
-    model, _ = train_model(
-        data, config, arch=arch or default_arch(data), key=key, out=path, progress=False
+    """The host saved at ``path``, or trained (``config``, the paper CNN) and saved there."""
+    return cached_model(
+        path,
+        lambda: train_model(data, config, arch=arch or default_arch(data), key=key, progress=False)[
+            0
+        ],
     )
-    return model
 
 
 def triggers_of(key: KeySet, covers: torch.Tensor) -> torch.Tensor:
@@ -260,11 +241,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lambda: make_key(data, "stego", seed=seed, dataset=args.dataset, **params),
     )
     config = TrainConfig(epochs=args.epochs, seed=seed, key_ratio=args.key_ratio)
-    clean = cached_model(cache / f"clean-s{seed}.safetensors", data, config)
-    marked = cached_model(cache / f"stego-s{seed}.safetensors", data, config, key)
+    clean = trained(cache / f"clean-s{seed}.safetensors", data, config)
+    marked = trained(cache / f"stego-s{seed}.safetensors", data, config, key)
     # Calibration references: two architectures (the data's CNN and LeNet-5), other seeds.
     references = [
-        cached_model(
+        trained(
             cache / f"reference{i}-{arch}-s{seed}.safetensors",
             data,
             TrainConfig(epochs=args.epochs, seed=seed + 100 + i),
@@ -467,8 +448,7 @@ def main() -> None:
         command="python " + shlex.join(sys.argv),
         date=started.isoformat(timespec="seconds"),
         seconds=time.perf_counter() - START,
-        machine_info=f"{platform.platform()}, {os.cpu_count()} CPU cores (shared), no GPU; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        machine_info=machine_info(),
         config={**vars(args), "out_dir": str(args.out_dir)},
         results=results,
     )

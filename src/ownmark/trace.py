@@ -129,10 +129,12 @@ def calibrate_licensees(
     *,
     test: ImageDataset | None = None,
     allow_weak: bool = False,
+    min_reference_accuracy: float = 0.5,
 ) -> tuple[dict[str, KeySet], dict[str, CalibrationReport]]:
     """Calibrate each licensee's key on the clean ``references`` plus every *other*
     licensee's copy (as ``other-key`` references), so its p0 bounds the answers of the
-    other licensees' models too."""
+    other licensees' models too. ``test``, ``allow_weak`` and ``min_reference_accuracy``
+    (default 0.5) as in :func:`~ownmark.calibrate.calibrate_key`."""
     if set(keys) != set(copies):
         raise ConfigError("give one copy per licensee key, under the same names")
     calibrated: dict[str, KeySet] = {}
@@ -145,6 +147,12 @@ def calibrate_licensees(
             f"licensee {other}" for other in others
         ]
         calibrated[name], reports[name] = calibrate_key(
-            key, models, names=labels, groups=groups, test=test, allow_weak=allow_weak
+            key,
+            models,
+            names=labels,
+            groups=groups,
+            test=test,
+            allow_weak=allow_weak,
+            min_reference_accuracy=min_reference_accuracy,
         )
     return calibrated, reports
