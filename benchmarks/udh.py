@@ -482,6 +482,10 @@ def markdown(
         "",
         "## Robustness",
         "",
+        "The identity leg reads the key's trigger images, not the suspect model: pruning and "
+        "fine-tuning leave it as above. For an API that launders its queries, the last column "
+        "reveals the image from triggers laundered the same way.",
+        "",
         "| attack | test acc. | watermark acc. (fresh) | label leg verdict | identity leg: NCC "
         "(share above threshold) |",
         "| --- | ---: | ---: | --- | --- |",

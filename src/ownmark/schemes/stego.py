@@ -92,15 +92,10 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import nn
 
 from ownmark.data.base import DataSplits
@@ -113,7 +108,9 @@ from ownmark.schemes.base import (
     register_scheme,
     source_rows,
 )
+from ownmark.schemes.images import default_logo, load_logo
 from ownmark.similarity import K1, K2, SIGMA, WINDOW, gaussian_window
+from ownmark.threads import single_thread
 
 #: Name prefix of the encoder's weights in the key's ``extra`` tensors.
 ENCODER_PREFIX = "encoder."
@@ -327,63 +324,6 @@ def differentiable_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ssim_map.mean(dim=(1, 2, 3))
 
 
-def default_logo(channels: int, height: int, width: int) -> torch.Tensor:
-    """ownmark's mark: "OM" in PIL's built-in bitmap font inside a frame, white on black,
-    drawn at 64×64 and resized (uint8 C×H×W)."""
-    side = 64
-    canvas = Image.new("L", (side, side), 0)
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle((2, 2, side - 3, side - 3), outline=255, width=4)
-    font = ImageFont.load_default()
-    left, top, right, bottom = draw.textbbox((0, 0), "OM", font=font)
-    text = Image.new("L", (int(right - left), int(bottom - top)), 0)
-    ImageDraw.Draw(text).text((-left, -top), "OM", fill=255, font=font)
-    text = text.resize((side - 20, (side - 20) * text.height // max(text.width, 1)))
-    canvas.paste(text, ((side - text.width) // 2, (side - text.height) // 2))
-    return _to_tensor(canvas, channels, height, width)
-
-
-def load_stego_logo(path: str, channels: int, height: int, width: int) -> torch.Tensor:
-    """The image at ``path`` as a uint8 C×H×W logo (grey for 1 channel, RGB for 3)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"logo image not found: {file}; give the path of an image file")
-    try:
-        with Image.open(file) as image:
-            image.load()
-            picture = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConfigError(f"logo {file} is not a readable image ({exc})") from exc
-    return _to_tensor(picture, channels, height, width)
-
-
-def _to_tensor(picture: Image.Image, channels: int, height: int, width: int) -> torch.Tensor:
-    mode = "L" if channels == 1 else "RGB"
-    resized = picture.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(resized, dtype=np.uint8)
-    out = torch.from_numpy(pixels.copy())
-    out = out.unsqueeze(0) if out.dim() == 2 else out.permute(2, 0, 1)
-    if out.shape[0] != channels:  # other channel counts: repeat the grey image
-        out = out.float().mean(0, keepdim=True).round().to(torch.uint8).repeat(channels, 1, 1)
-    return out.contiguous()
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (restored after).
-
-    The networks are tiny: more threads gain little and, on a busy machine, cost up to ten
-    times the time (measured). One thread also fixes the order of the float sums, so the
-    same key makes the same uint8 images on machines with other core counts.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def image_loss(config: StegoConfig, stego: torch.Tensor, covers: torch.Tensor) -> torch.Tensor:
     """``gamma * (alpha * MSE + beta * (1 - SSIM))`` (eq. 3, weighted), averaged."""
     quality = config.alpha * F.mse_loss(stego, covers) + config.beta * (
@@ -539,7 +479,7 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
         (``encoder.<parameter>``) and the logo (``logo``, uint8 C×H×W)."""
         channels, height, width = data.image_shape
         if self.config.logo:
-            logo = load_stego_logo(self.config.logo, channels, height, width)
+            logo = load_logo(self.config.logo, channels, height, width)
         else:
             logo = default_logo(channels, height, width)
         seed = int(torch.randint(2**62, (1,), generator=generator))

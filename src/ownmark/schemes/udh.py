@@ -7,12 +7,13 @@ here.
 
 **Hiding** (universal deep hiding, Zhang et al., NeurIPS 2020). A hiding network
 (:class:`HidingNet`) turns the owner's *copyright image* (the payload: a logo, or text such as
-"(c) ownmark" or "licensee 17" rendered by ownmark, :func:`payload_image`) into a residual
-that does not depend on the cover: UDH's "universal" perturbation. A trigger image is clean
-image + residual, clipped to the pixel range and rounded to uint8. The residual is bounded by
-``tanh``: ``|r| <= max_residual`` grey levels (default 10, of 255), so triggers look like the
-originals. A reveal network (:class:`RevealNet`) recovers the copyright image from any
-trigger image, and a blank image from a clean one.
+"(c) ownmark" or "licensee 17" rendered by ownmark,
+:func:`~ownmark.schemes.images.text_image`) into a residual that does not depend on the
+cover: UDH's "universal" perturbation. A trigger image is clean image + residual, clipped to
+the pixel range and rounded to uint8. The residual is bounded by ``tanh``: ``|r| <=
+max_residual`` grey levels (default 10, of 255), so triggers look like the originals. A
+reveal network (:class:`RevealNet`) recovers the copyright image from any trigger image, and
+a blank image from a clean one.
 
 Both are trained together at keygen for ``hide_steps`` Adam steps on random batches of
 training images: loss ``energy_weight * mean(r^2) / bound^2 + beta * (MSE(reveal(trigger),
@@ -67,10 +68,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from ownmark.data.base import DataSplits
@@ -83,7 +82,8 @@ from ownmark.schemes.base import (
     register_scheme,
     source_rows,
 )
-from ownmark.schemes.stego import load_stego_logo, single_thread
+from ownmark.schemes.images import load_logo, text_image
+from ownmark.threads import single_thread
 
 HIDE_PREFIX = "hide."
 REVEAL_PREFIX = "reveal."
@@ -163,30 +163,6 @@ class UDHConfig(SchemeConfig):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1], got {value}")
-
-
-def payload_image(text: str, channels: int, height: int, width: int) -> torch.Tensor:
-    """``text`` rendered white on black with PIL's built-in font, word-wrapped to fit, drawn
-    at 4x and resized to C×H×W (uint8)."""
-    scale = 4
-    canvas = Image.new("L", (width * scale, height * scale), 0)
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    lines = text.split() if len(text) > 8 else [text]
-    heights = [draw.textbbox((0, 0), line, font=font) for line in lines]
-    blocks = []
-    for line, (left, top, right, bottom) in zip(lines, heights, strict=True):
-        block = Image.new("L", (int(right - left) + 2, int(bottom - top) + 2), 0)
-        ImageDraw.Draw(block).text((1 - left, 1 - top), line, fill=255, font=font)
-        blocks.append(block)
-    row_height = (height * scale) // len(blocks)
-    for i, block in enumerate(blocks):
-        fit = min((width * scale - 4) / block.width, (row_height - 2) / block.height)
-        block = block.resize((max(1, int(block.width * fit)), max(1, int(block.height * fit))))
-        canvas.paste(block, ((width * scale - block.width) // 2, i * row_height + 1))
-    small = canvas.resize((width, height), Image.Resampling.BILINEAR)
-    out = torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).unsqueeze(0)
-    return out.repeat(channels, 1, 1).contiguous()
 
 
 class HidingNet(nn.Module):
@@ -288,9 +264,9 @@ class UDHScheme(WatermarkScheme[UDHConfig]):
         """The copyright image (uint8 C×H×W) the configuration asks for."""
         cfg = self.config
         if cfg.logo:
-            return load_stego_logo(cfg.logo, channels, height, width)
+            return load_logo(cfg.logo, channels, height, width)
         text = f"licensee {cfg.licensee}" if cfg.licensee is not None else cfg.text
-        return payload_image(text, channels, height, width)
+        return text_image(text, channels, height, width)
 
     def make_secrets(
         self, data: DataSplits, originals: torch.Tensor, generator: torch.Generator
