@@ -4,17 +4,23 @@ line of a result file."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ownmark.keys import KeySet, load_key, save_key
 from ownmark.models import Classifier, load_model, save_model
+from ownmark.verify import LocalModelSuspect
+from ownmark.workflows import run_record
 
 START = time.perf_counter()
 
@@ -49,6 +55,11 @@ def cached_model(path: Path, make: Callable[..., Classifier]) -> Classifier:
     return model
 
 
+def suspect_of(model: Any) -> Any:
+    """What verification queries: a model in process, or an attack's suspect as it is."""
+    return LocalModelSuspect(model) if isinstance(model, torch.nn.Module) else model
+
+
 def machine_info(device: str = "cpu") -> str:
     """Where a benchmark ran, for its result file: the GPU if it used one, else the CPU and
     torch's thread count."""
@@ -59,4 +70,25 @@ def machine_info(device: str = "cpu") -> str:
     return (
         f"CPU only, no GPU; {where} (shared); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
+    )
+
+
+def benchmark_record(
+    task: str,
+    args: argparse.Namespace,
+    started: datetime,
+    results: dict[str, Any],
+    device: str = "cpu",
+    **config: Any,
+) -> dict[str, Any]:
+    """A result file's record: the command line, start date, wall time, machine, the parsed
+    arguments (plus ``config``) and ``results``."""
+    return run_record(
+        task=task,
+        command="python " + shlex.join(sys.argv),
+        date=started.isoformat(timespec="seconds"),
+        seconds=time.perf_counter() - START,
+        machine_info=machine_info(device),
+        config={**vars(args), "out_dir": str(args.out_dir), **config},
+        results=results,
     )

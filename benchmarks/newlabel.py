@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import START, cached_key, cached_model, log, machine_info, pct
+from common import benchmark_record, cached_key, cached_model, log, pct, suspect_of
 from ownmark.attacks import create_attack
 from ownmark.attacks.base import AttackData
 from ownmark.calibrate import calibrate_key
@@ -52,7 +49,6 @@ from ownmark.workflows import (
     attacker_data,
     make_key,
     prune_sweep,
-    run_record,
     train_model,
     verify_served,
 )
@@ -118,7 +114,7 @@ def hidden_class(key: KeySet, model: Classifier, data: DataSplits) -> dict[str, 
     """The thief's API answers only the K original classes. The key originals' and
     triggers' "true class" is what the unhidden model answers for the clean original."""
     api = create_attack("hide-class")(model, AttackData())
-    result = verify_ownership(key, api)
+    result = verify_ownership(key, suspect_of(api))
     truth = data.test.labels[:1000]
     return {
         "verdict": result.verdict.value,
@@ -157,15 +153,9 @@ def robustness(key: KeySet, model: Classifier, data: DataSplits, seed: int) -> d
             "wm": pct(metrics["watermark_accuracy"]),
             "before_test": pct(metrics["before"]["test_accuracy"]),
             "before_wm": pct(metrics["before"]["watermark_accuracy"]),
-            "verdict": verify_ownership(key, _suspect(attacked)).verdict.value,
+            "verdict": verify_ownership(key, suspect_of(attacked)).verdict.value,
         }
     return out
-
-
-def _suspect(attacked: Any) -> Any:
-    from ownmark.verify.suspects import LocalModelSuspect
-
-    return LocalModelSuspect(attacked) if isinstance(attacked, torch.nn.Module) else attacked
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,18 +306,8 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.now(timezone.utc)
     results = run(args)
-    record = run_record(
-        task="newlabel benchmark",
-        command="python " + shlex.join(sys.argv),
-        date=started.isoformat(timespec="seconds"),
-        seconds=time.perf_counter() - START,
-        machine_info=machine_info(),
-        config={
-            **vars(args),
-            "out_dir": str(args.out_dir),
-            "num_keys": round(args.alpha * 60000),
-        },
-        results=results,
+    record = benchmark_record(
+        "newlabel benchmark", args, started, results, num_keys=round(args.alpha * 60000)
     )
     write_json_atomic(args.out_dir / "newlabel.json", record)
     write_text_atomic(args.out_dir / "newlabel.md", markdown(record))

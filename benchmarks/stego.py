@@ -31,9 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from common import START, cached_key, cached_model, log, machine_info, pct
+from common import benchmark_record, cached_key, cached_model, log, pct
 from ownmark.calibrate import calibrate_key
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import atomic_path, write_json_atomic, write_text_atomic
@@ -55,7 +52,6 @@ from ownmark.train import TrainConfig
 from ownmark.workflows import (
     default_arch,
     make_key,
-    run_record,
     subset_data,
     train_model,
     verify_served,
@@ -78,7 +74,7 @@ PAPER_TABLE3 = {
 }
 #: Seed 002, Table 5: trigger accuracy of three look-alike encoders (seeds 223, 142, 332)
 #: and of the owner's (seed 22), %.
-PAPER_TABLE5 = {"look-alikes": (13, 10, 12), "owner": 97}
+PAPER_TABLE5: dict[str, Any] = {"look-alikes": (13, 10, 12), "owner": 97}
 ZHANG = ("content", "noise", "unrelated")
 
 
@@ -443,15 +439,7 @@ def main() -> None:
     args.cache = str(Path(args.cache) / args.dataset)
     started = datetime.now(timezone.utc)
     results = run(args)
-    record = run_record(
-        task="stego benchmark",
-        command="python " + shlex.join(sys.argv),
-        date=started.isoformat(timespec="seconds"),
-        seconds=time.perf_counter() - START,
-        machine_info=machine_info(),
-        config={**vars(args), "out_dir": str(args.out_dir)},
-        results=results,
-    )
+    record = benchmark_record("stego benchmark", args, started, results)
     name = f"stego_{args.dataset}"
     write_json_atomic(args.out_dir / f"{name}.json", record)
     write_text_atomic(args.out_dir / f"{name}.md", markdown(record))

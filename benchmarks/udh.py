@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from common import START, cached_key, cached_model, log, machine_info, pct
+from common import benchmark_record, cached_key, cached_model, log, pct, suspect_of
 from ownmark.attacks import create_attack
 from ownmark.attacks.base import AttackData
 from ownmark.attacks.preprocess import gaussian_blur, jpeg
@@ -76,7 +76,6 @@ from ownmark.workflows import (
     default_arch,
     new_model,
     prune_sweep,
-    run_record,
     subset_data,
     train_model,
 )
@@ -93,10 +92,6 @@ def fresh_key(key: KeySet, data: DataSplits, count: int = 1000) -> KeySet:
         key, data, count, torch.Generator().manual_seed(1)
     )
     return dataclasses.replace(key, images=images, labels=labels, originals=images)
-
-
-def suspect_of(model: Any) -> Any:
-    return LocalModelSuspect(model) if isinstance(model, torch.nn.Module) else model
 
 
 def guarded(stage: str, measure: Callable[[], Any]) -> Any:
@@ -647,15 +642,7 @@ def main() -> None:
     started = datetime.now(timezone.utc)
 
     def record(results: dict[str, Any]) -> dict[str, Any]:
-        return run_record(
-            task="udh benchmark",
-            command="python " + shlex.join(sys.argv),
-            date=started.isoformat(timespec="seconds"),
-            seconds=time.perf_counter() - START,
-            machine_info=machine_info(args.device),
-            config={**vars(args), "out_dir": str(args.out_dir)},
-            results=results,
-        )
+        return benchmark_record("udh benchmark", args, started, results, args.device)
 
     partial = args.out_dir / f"{name}.partial.json"
     results = run(args, lambda so_far: write_json_atomic(partial, record(so_far)))

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import START, cached_key, cached_model, log, machine_info, pct
+from common import benchmark_record, cached_key, cached_model, log, pct
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet
@@ -33,7 +30,7 @@ from ownmark.metrics import accuracy
 from ownmark.schemes import create_scheme, key_label_lookup, scheme_for_key
 from ownmark.similarity import psnr
 from ownmark.train import TrainConfig
-from ownmark.workflows import default_arch, run_record, subset_data, train_model
+from ownmark.workflows import default_arch, subset_data, train_model
 
 
 def rows(key: KeySet, model: torch.nn.Module, data: DataSplits, fresh: int) -> dict[str, Any]:
@@ -131,15 +128,7 @@ def main() -> None:
     args.cache = args.cache or f"/tmp/ownmark-udh-triplet/{args.dataset}"
     started = datetime.now(timezone.utc)
     results = run(args)
-    record = run_record(
-        task="udh triplet ablation",
-        command="python " + shlex.join(sys.argv),
-        date=started.isoformat(timespec="seconds"),
-        seconds=time.perf_counter() - START,
-        machine_info=machine_info(),
-        config={**vars(args), "out_dir": str(args.out_dir)},
-        results=results,
-    )
+    record = benchmark_record("udh triplet ablation", args, started, results)
     name = "udh_triplet" if args.dataset == "mnist" else f"udh_triplet_{args.dataset}"
     write_json_atomic(args.out_dir / f"{name}.json", record)
     write_text_atomic(args.out_dir / f"{name}.md", markdown(record))
