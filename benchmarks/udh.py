@@ -350,7 +350,7 @@ def run(args: argparse.Namespace, save_partial: Callable[[dict[str, Any]], None]
         return cached_model(cache / f"{name}.safetensors", make).to(args.device)
 
     clean = model("clean", lambda: train(args.arch, seed))
-    reference_archs = REFERENCES[args.dataset] if args.references else ()
+    reference_archs = (args.reference_archs or REFERENCES[args.dataset]) if args.references else ()
     references = [
         model(f"ref-{i}-{arch}", lambda a=arch, i=i: train(a, seed + 100 + i))
         for i, arch in enumerate(reference_archs)
@@ -620,12 +620,21 @@ def main() -> None:
         help="skip the clean references (and so the calibration and every verdict)",
     )
     parser.add_argument(
+        "--reference-archs",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help="clean reference networks, comma-separated (default: "
+        + "; ".join(f"{k}: {','.join(v)}" for k, v in REFERENCES.items())
+        + ")",
+    )
+    parser.add_argument(
         "--no-ablation", dest="ablation", action="store_false", help="skip the ablation model"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="default /tmp/ownmark-udh-cache/<dataset>")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default=None, help="result file name (default udh[_DATASET])")
     args = parser.parse_args()
     if args.render:
         render(args)
@@ -638,7 +647,7 @@ def main() -> None:
         parser.error("--licensees: give 0 (no tracing) or at least 2")
     args.cache = args.cache or f"/tmp/ownmark-udh-cache/{args.dataset}"
     args.device = TrainConfig(device=args.device).device
-    name = "udh" if args.dataset == "mnist" else f"udh_{args.dataset}"
+    name = args.name or ("udh" if args.dataset == "mnist" else f"udh_{args.dataset}")
     started = datetime.now(timezone.utc)
 
     def record(results: dict[str, Any]) -> dict[str, Any]:
