@@ -17,12 +17,12 @@ from ownmark.keys import KeySet, load_key, save_key
 from ownmark.models import Classifier, save_model
 from ownmark.schemes import create_scheme, scheme_for_key
 from ownmark.schemes.udh import HIDE_PREFIX, PAYLOAD, REVEAL_PREFIX, ncc
-from ownmark.trace import holm, trace_licensees
+from ownmark.trace import calibrate_licensees, holm, trace_licensees
 from ownmark.train import TrainConfig
 from ownmark.verify import LocalModelSuspect, VerifyConfig
 from ownmark.verify.evidence import check_evidence, write_evidence
 from ownmark.verify.verifier import verify_ownership
-from ownmark.workflows import train_model
+from ownmark.workflows import new_model, train_model
 
 #: Test-size hiding: 300 steps (seconds on one core), a stronger residual bound (24 grey
 #: levels) so that a copy learns it in a few fine-tuning epochs on the 4,000 digits.
@@ -113,6 +113,7 @@ class Copy(torch.nn.Module):
         self.triggers = torch.cat([k.images for k in learnt]).flatten(1).float() / 255.0
         self.labels = torch.cat([k.labels for k in learnt])
         self.classes = base.spec.num_classes
+        self.spec = base.spec  # what calibration reads of a reference's architecture
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.base(images)
@@ -125,12 +126,20 @@ class Copy(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def licensed(digits: DataSplits) -> tuple[dict[str, KeySet], Classifier]:
+def references(digits: DataSplits) -> list[Classifier]:
+    """Two clean models of two architectures; the first is the licensees' base model."""
+    return [
+        train_model(digits, TrainConfig(epochs=2, seed=seed), arch=arch, progress=False)[0]
+        for seed, arch in ((1, "lenet5"), (2, "zhang_mnist"))
+    ]
+
+
+@pytest.fixture(scope="module")
+def licensed(
+    digits: DataSplits, references: list[Classifier]
+) -> tuple[dict[str, KeySet], Classifier]:
     """Three licensees' keys (calibrated on two clean models) and a clean base model."""
-    base, _ = train_model(digits, TrainConfig(epochs=2, seed=1), arch="lenet5", progress=False)
-    other, _ = train_model(
-        digits, TrainConfig(epochs=2, seed=2), arch="zhang_mnist", progress=False
-    )
+    base, other = references
     keys = {}
     for i in range(3):
         raw = create_scheme("udh", num_keys=40, licensee=i, hide_steps=30, calibration_images=20)
@@ -159,6 +168,28 @@ def test_tracing_names_the_right_licensee_and_no_innocent_one(
     assert mixed.licensees == ["licensee-0", "licensee-1"]
     with pytest.raises(ConfigError, match="at least 2 licensees"):
         trace_licensees({"a": keys["licensee-0"]}, LocalModelSuspect(base))
+
+
+def test_licensee_calibration_counts_other_copies_and_refuses_weak_references(
+    licensed: tuple[dict[str, KeySet], Classifier],
+    references: list[Classifier],
+    digits: DataSplits,
+) -> None:
+    keys, base = licensed
+    copies = {name: Copy(base, [key]) for name, key in keys.items()}
+    calibrated, reports = calibrate_licensees(keys, copies, references, test=digits.test)
+    for name, report in reports.items():
+        # Each key: the two clean references and the two other licensees' copies, which
+        # answer this key like clean models do (p0 stays small).
+        assert len(report.references) == 4
+        assert 0 < calibrated[name].p0 < 0.5
+    weak = [new_model("lenet5", digits, seed=3), references[1]]  # the first near chance
+    with pytest.raises(ConfigError, match="near chance"):
+        calibrate_licensees(keys, copies, weak, test=digits.test)
+    lowered, _ = calibrate_licensees(
+        keys, copies, weak, test=digits.test, min_reference_accuracy=0.0
+    )
+    assert set(lowered) == set(keys)
 
 
 def test_trace_command_and_evidence_with_both_legs(
