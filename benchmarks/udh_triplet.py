@@ -23,24 +23,34 @@ from typing import Any
 import torch
 
 from common import benchmark_record, cached_key, cached_model, log, pct
+from ownmark.attacks import create_attack
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet
 from ownmark.metrics import accuracy
+from ownmark.models import Classifier
 from ownmark.schemes import create_scheme, key_label_lookup, scheme_for_key
 from ownmark.similarity import psnr
 from ownmark.train import TrainConfig
-from ownmark.workflows import default_arch, subset_data, train_model
+from ownmark.workflows import (
+    attack_model,
+    attacker_data,
+    default_arch,
+    subset_data,
+    train_model,
+)
 
 
-def rows(key: KeySet, model: torch.nn.Module, data: DataSplits, fresh: int) -> dict[str, Any]:
+def rows(
+    key: KeySet, model: Classifier, data: DataSplits, args: argparse.Namespace
+) -> dict[str, Any]:
     images, labels = scheme_for_key(key).fresh_triggers(
-        key, data, fresh, torch.Generator().manual_seed(1)
+        key, data, args.fresh, torch.Generator().manual_seed(1)
     )
     lookup = key_label_lookup(key)
     target = lookup[data.test.labels]
     carries = target >= 0
-    return {
+    out: dict[str, Any] = {
         "test": pct(accuracy(model, data.test.images, data.test.labels)),
         "key": pct(accuracy(model, key.images, key.labels)),
         "fresh": pct(accuracy(model, images, labels)),
@@ -48,6 +58,15 @@ def rows(key: KeySet, model: torch.nn.Module, data: DataSplits, fresh: int) -> d
             accuracy(model, data.test.images[carries], target[carries].clamp(min=0))
         ),
     }
+    # Robustness is only worth measuring where the host learnt the residual.
+    if args.finetune_epochs and out["fresh"] >= 50:
+        attack = create_attack(
+            "finetune", progress=False, seed=args.seed, epochs=args.finetune_epochs
+        )
+        fresh = dataclasses.replace(key, images=images, labels=labels, originals=images)
+        _, metrics = attack_model(model, attack, data=attacker_data(attack, data, model), key=fresh)
+        out["fresh_after_finetune"] = pct(metrics["watermark_accuracy"])
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cache / f"host-b{bound:g}-w{weight:g}.safetensors",
                 lambda v=variant: train_model(data, config, arch=arch, key=v, progress=False)[0],
             )
-            row[name] = rows(key, model, data, args.fresh)
+            row[name] = rows(key, model, data, args)
             log(f"bound {bound:g}, {name}: {row[name]}")
         results["bounds"][f"{bound:g}"] = row
     return results
@@ -91,18 +110,20 @@ def markdown(record: dict[str, Any]) -> str:
         f"- machine: {record['machine_info']}",
         f"- date: {record['date']}; wall time {record['seconds']:.0f} s",
         "- triplet term: weight 0.5, margin 0.2 on L2-normalised penultimate features; the "
-        "same key, seed and data with and without it",
+        "same key, seed and data with and without it; fine-tuning (on the attacker's share of "
+        "the training data) only where the host learnt the triggers (fresh >= 50%)",
         "",
         "| residual bound (grey levels) | PSNR (dB) | triplet term | test acc. | key acc. | "
-        "fresh triggers | clean images -> target |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        f"fresh triggers | clean images -> target | fresh triggers after fine-tuning "
+        f"{cfg['finetune_epochs']} epochs |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for bound, row in res["bounds"].items():
         for name in ("with triplet", "without triplet"):
             r = row[name]
             lines.append(
                 f"| {bound} | {row['psnr']} | {name.split()[0]} | {r['test']} | {r['key']} | "
-                f"{r['fresh']} | {r['clean_as_target']} |"
+                f"{r['fresh']} | {r['clean_as_target']} | {r.get('fresh_after_finetune', '-')} |"
             )
     lines.append("")
     return "\n".join(lines)
@@ -117,6 +138,12 @@ def main() -> None:
     parser.add_argument("--bounds", default="2,4", help="residual bounds, grey levels")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--fresh", type=int, default=1000)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=3,
+        help="fine-tune the hosts that learnt the triggers (0: skip)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="default /tmp/ownmark-udh-triplet/<dataset>")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
