@@ -133,8 +133,11 @@ def owner_rows(
     clean: Classifier,
     data: DataSplits,
     args: argparse.Namespace,
+    out: dict[str, Any],
     save: Callable[[], None],
-) -> dict[str, Any]:
+) -> None:
+    """Fill ``out`` with the owner's rows, calling ``save()`` after each stage (``out`` is
+    already part of what ``save`` writes)."""
     scheme = scheme_for_key(key)
     assert isinstance(scheme, UDHScheme)
     fresh = fresh_key(key, data, args.fresh)
@@ -147,7 +150,7 @@ def owner_rows(
     def verdict(suspect: Any) -> str:
         return verify_ownership(key, suspect_of(suspect)).verdict.value if verify else "-"
 
-    out: dict[str, Any] = {
+    out |= {
         "test": pct(accuracy(marked, data.test.images, data.test.labels)),
         "clean_loss": paired_difference(clean, marked, data.test.images, data.test.labels),
         "key": pct(accuracy(marked, key.images, key.labels)),
@@ -218,7 +221,6 @@ def owner_rows(
         laundering[name] = guarded(f"API {name}", through_api)
         out["laundering"] = laundering
         save()
-    return out
 
 
 def trace_row(keys: dict[str, KeySet], model: Any) -> dict[str, Any]:
@@ -394,11 +396,7 @@ def run(args: argparse.Namespace, save_partial: Callable[[dict[str, Any]], None]
         }
     log("measuring the owner's key")
     results["owner"] = {}
-
-    def save() -> None:
-        save_partial(results)
-
-    results["owner"] = owner_rows(owner, marked, clean, data, args, save)
+    owner_rows(owner, marked, clean, data, args, results["owner"], lambda: save_partial(results))
     if args.licensees:
         results["tracing"] = guarded(
             "tracing", lambda: tracing_rows(data, clean, marked, references, train, args)
