@@ -118,13 +118,21 @@ def markdown(record: dict[str, Any]) -> str:
         f"{cfg['finetune_epochs']} epochs |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for bound, row in res["bounds"].items():
+    for bound, row in sorted(res["bounds"].items(), key=lambda item: float(item[0])):
         for name in ("with triplet", "without triplet"):
             r = row[name]
             lines.append(
                 f"| {bound} | {row['psnr']} | {name.split()[0]} | {r['test']} | {r['key']} | "
                 f"{r['fresh']} | {r['clean_as_target']} | {r.get('fresh_after_finetune', '-')} |"
             )
+    degenerate = [b for b, row in res["bounds"].items() if row["psnr"] == float("inf")]
+    if degenerate:
+        lines += [
+            "",
+            f"Bound {', '.join(degenerate)}: the residual rounded to no change (PSNR inf), so "
+            "the key images equal their covers and the host can only memorise them; keygen "
+            "now refuses such a key.",
+        ]
     lines.append("")
     return "\n".join(lines)
 

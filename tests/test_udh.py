@@ -98,6 +98,14 @@ def test_bad_parameters_fail(params: dict[str, object], message: str) -> None:
         create_scheme("udh", **params)
 
 
+def test_a_residual_that_rounds_to_nothing_is_refused_at_keygen(digits: DataSplits) -> None:
+    # At 2 grey levels and 20 steps the hiding network's residual stays far below half a
+    # grey level: every trigger would equal its cover, a key no host can learn.
+    scheme = create_scheme("udh", num_keys=20, max_residual=2, hide_steps=20, calibration_images=20)
+    with pytest.raises(ConfigError, match="rounds to no change"):
+        scheme.generate(digits, seed=0)
+
+
 def test_holm_adjustment() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5]

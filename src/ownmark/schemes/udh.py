@@ -280,6 +280,16 @@ class UDHScheme(WatermarkScheme[UDHConfig]):
             covers = data.test.images[: self.config.calibration_images]
             with torch.no_grad():
                 clean = ncc(reveal(covers.float() / 255.0), payload.float() / 255.0)
+                largest = float(hide(payload.float().unsqueeze(0) / 255.0).abs().max()) * 255.0
+        if largest < 0.5:
+            # Triggers are rounded to uint8: such a residual changes no pixel, and the "key"
+            # would be clean images that no host can tell from their covers.
+            raise ConfigError(
+                f"the hiding network's residual is at most {largest:.2f} grey levels, which "
+                f"rounds to no change at all (max_residual {self.config.max_residual:g}, "
+                f"hide_steps {self.config.hide_steps}); use a larger max_residual (default 10) "
+                "or more hide_steps"
+            )
         threshold = torch.tensor(float(clean.max()) + THRESHOLD_MARGIN, dtype=torch.float32)
         return {
             PAYLOAD: payload,
