@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"subsets": subsets, "arch": arch, "bounds": {}}
     for bound in args.bounds:
         key = cached_key(
-            cache / f"key-b{bound:g}.safetensors",
+            cache / f"key-b{bound:g}-s{args.seed}.safetensors",
             lambda b=bound: create_scheme("udh", num_keys=100, max_residual=b).generate(
                 data, seed=args.seed
             ),
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, weight in (("with triplet", 0.5), ("without triplet", 0.0)):
             variant = dataclasses.replace(key, params={**key.params, "triplet_weight": weight})
             model = cached_model(
-                cache / f"host-b{bound:g}-w{weight:g}.safetensors",
+                cache / f"host-b{bound:g}-w{weight:g}-s{args.seed}.safetensors",
                 lambda v=variant: train_model(data, config, arch=arch, key=v, progress=False)[0],
             )
             row[name] = rows(key, model, data, args)
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(record: dict[str, Any]) -> str:
     cfg, res = record["config"], record["results"]
     lines = [
-        f"# UDH: what the triplet term buys ({cfg['dataset']}, seed 004)",
+        f"# UDH: what the triplet term buys ({cfg['dataset']}, seed 004; run seed {cfg['seed']})",
         "",
         f"**{res['arch']} trained {cfg['epochs']} epochs, one seed, "
         f"{record['machine_info'].split(';')[0]}.**",
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="default /tmp/ownmark-udh-triplet/<dataset>")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default=None, help="result file name (default udh_triplet)")
     args = parser.parse_args()
     try:
         args.bounds = [float(b) for b in args.bounds.split(",")]
@@ -164,7 +165,9 @@ def main() -> None:
     started = datetime.now(timezone.utc)
     results = run(args)
     record = benchmark_record("udh triplet ablation", args, started, results)
-    name = "udh_triplet" if args.dataset == "mnist" else f"udh_triplet_{args.dataset}"
+    name = args.name or (
+        "udh_triplet" if args.dataset == "mnist" else f"udh_triplet_{args.dataset}"
+    )
     write_json_atomic(args.out_dir / f"{name}.json", record)
     write_text_atomic(args.out_dir / f"{name}.md", markdown(record))
     log(f"wrote {args.out_dir / name}.md")
