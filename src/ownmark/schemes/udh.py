@@ -11,9 +11,10 @@ here.
 :func:`~ownmark.schemes.images.text_image`) into a residual that does not depend on the
 cover: UDH's "universal" perturbation. A trigger image is clean image + residual, clipped to
 the pixel range and rounded to uint8. The residual is bounded by ``tanh``: ``|r| <=
-max_residual`` grey levels (default 10, of 255), so triggers look like the originals. A
-reveal network (:class:`RevealNet`) recovers the copyright image from any trigger image, and
-a blank image from a clean one.
+max_residual`` grey levels (default 10, of 255), so triggers look like the originals; keygen
+refuses a residual that stays under half a grey level everywhere (it would round to no change:
+triggers equal to their covers). A reveal network (:class:`RevealNet`) recovers the
+copyright image from any trigger image, and a blank image from a clean one.
 
 Both are trained together at keygen for ``hide_steps`` Adam steps on random batches of
 training images: loss ``energy_weight * mean(r^2) / bound^2 + beta * (MSE(reveal(trigger),
