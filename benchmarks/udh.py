@@ -496,7 +496,11 @@ def markdown(
             f"| fine-tune {ft.get('epochs', 5)} epochs | {ft['test']} | {ft['wm']} | "
             f"{ft['verdict']} | |"
         )
-    for name, row in o["laundering"].items():
+    order = ("jpeg q50", "jpeg q70", "jpeg q90", "blur sigma 1")  # JSON files sort their keys
+    for name, row in sorted(
+        o["laundering"].items(),
+        key=lambda item: order.index(item[0]) if item[0] in order else len(order),
+    ):
         if failed(row):
             lines.append(f"| API {name} | failed: {failed(row)} | | | |")
             continue
