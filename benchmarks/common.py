@@ -5,22 +5,25 @@ line of a result file."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ownmark.data import DataSplits
 from ownmark.keys import KeySet, load_key, save_key
 from ownmark.models import Classifier, load_model, save_model
+from ownmark.schemes import scheme_for_key
 from ownmark.verify import LocalModelSuspect
-from ownmark.workflows import run_record
+from ownmark.workflows import prune_sweep, run_record
 
 START = time.perf_counter()
 
@@ -53,6 +56,26 @@ def cached_model(path: Path, make: Callable[..., Classifier]) -> Classifier:
     model = make()
     save_model(model, path)
     return model
+
+
+def fresh_key(key: KeySet, data: DataSplits, count: int = 1000, seed: int = 1) -> KeySet:
+    """``key`` with ``count`` fresh trigger images (test images no model trained on) in place
+    of its own: what attacks and robustness rows are judged on."""
+    images, labels = scheme_for_key(key).fresh_triggers(
+        key, data, count, torch.Generator().manual_seed(seed)
+    )
+    return dataclasses.replace(key, images=images, labels=labels, originals=images)
+
+
+def pruning_rows(
+    model: Classifier, rates: Sequence[float], data: DataSplits, key: KeySet
+) -> list[dict[str, float]]:
+    """Test and watermark accuracy (%) after pruning ``model`` at each rate."""
+    pruned = prune_sweep(model, list(rates), test=data.test, key=key)
+    return [
+        {"rate": r, "test": pct(row["test_accuracy"]), "wm": pct(row["watermark_accuracy"])}
+        for r, row in zip(rates, pruned, strict=True)
+    ]
 
 
 def suspect_of(model: Any) -> Any:

@@ -25,14 +25,22 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import benchmark_record, cached_key, cached_model, log, pct, suspect_of
+from common import (
+    benchmark_record,
+    cached_key,
+    cached_model,
+    fresh_key,
+    log,
+    pct,
+    pruning_rows,
+    suspect_of,
+)
 from ownmark.attacks import create_attack
 from ownmark.attacks.base import AttackData
 from ownmark.calibrate import calibrate_key
@@ -48,7 +56,6 @@ from ownmark.workflows import (
     attack_model,
     attacker_data,
     make_key,
-    prune_sweep,
     train_model,
     verify_served,
 )
@@ -131,22 +138,13 @@ def hidden_class(key: KeySet, model: Classifier, data: DataSplits) -> dict[str, 
 
 
 def robustness(key: KeySet, model: Classifier, data: DataSplits, seed: int) -> dict[str, Any]:
-    fresh, fresh_labels = scheme_for_key(key).fresh_triggers(
-        key, data, 1000, torch.Generator().manual_seed(seed + 1)
-    )
     # The same key with fresh trigger images: what the attacks are judged on.
-    fresh_key = dataclasses.replace(key, images=fresh, labels=fresh_labels, originals=fresh)
-    pruned = prune_sweep(model, list(RATES), test=data.test, key=fresh_key)
-    out: dict[str, Any] = {
-        "pruning": [
-            {"rate": r, "test": pct(row["test_accuracy"]), "wm": pct(row["watermark_accuracy"])}
-            for r, row in zip(RATES, pruned, strict=True)
-        ]
-    }
+    fresh = fresh_key(key, data, seed=seed + 1)
+    out: dict[str, Any] = {"pruning": pruning_rows(model, RATES, data, fresh)}
     for name, params in (("finetune", {"epochs": 10}), ("distill", {"epochs": 10})):
         attack = create_attack(name, progress=False, seed=seed, **params)
         attacked, metrics = attack_model(
-            model, attack, data=attacker_data(attack, data, model), key=fresh_key
+            model, attack, data=attacker_data(attack, data, model), key=fresh
         )
         out[name] = {
             "test": pct(metrics["test_accuracy"]),

@@ -54,7 +54,16 @@ from typing import Any
 
 import torch
 
-from common import benchmark_record, cached_key, cached_model, log, pct, suspect_of
+from common import (
+    benchmark_record,
+    cached_key,
+    cached_model,
+    fresh_key,
+    log,
+    pct,
+    pruning_rows,
+    suspect_of,
+)
 from ownmark.attacks import create_attack
 from ownmark.attacks.base import AttackData
 from ownmark.attacks.preprocess import gaussian_blur, jpeg
@@ -75,7 +84,6 @@ from ownmark.workflows import (
     attacker_data,
     default_arch,
     new_model,
-    prune_sweep,
     subset_data,
     train_model,
 )
@@ -84,14 +92,6 @@ RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Clean reference networks the key is calibrated on, per data set (the second one is trained
 #: with a different seed and architecture from the suspect models where one is at hand).
 REFERENCES = {"mnist": ("zhang_mnist", "lenet5"), "cifar10": ("zhang_cifar10", "resnet18")}
-
-
-def fresh_key(key: KeySet, data: DataSplits, count: int = 1000) -> KeySet:
-    """The key with fresh trigger images (test images the model never saw)."""
-    images, labels = scheme_for_key(key).fresh_triggers(
-        key, data, count, torch.Generator().manual_seed(1)
-    )
-    return dataclasses.replace(key, images=images, labels=labels, originals=images)
 
 
 def guarded(stage: str, measure: Callable[[], Any]) -> Any:
@@ -129,6 +129,7 @@ def paired_difference(
 
 def owner_rows(
     key: KeySet,
+    fresh: KeySet,
     marked: Classifier,
     clean: Classifier,
     data: DataSplits,
@@ -136,11 +137,10 @@ def owner_rows(
     out: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
-    """Fill ``out`` with the owner's rows, calling ``save()`` after each stage (``out`` is
-    already part of what ``save`` writes)."""
+    """Fill ``out`` with the owner's rows (``fresh``: the key with fresh triggers), calling
+    ``save()`` after each stage (``out`` is already part of what ``save`` writes)."""
     scheme = scheme_for_key(key)
     assert isinstance(scheme, UDHScheme)
-    fresh = fresh_key(key, data, args.fresh)
     payload = key.extra[PAYLOAD].float() / 255.0
     covers = data.test.images[:1000]
     identity = scheme.identity(key)
@@ -167,14 +167,7 @@ def owner_rows(
     out["clean_verdict"] = verdict(clean)
     save()
 
-    def pruning() -> list[dict[str, float]]:
-        pruned = prune_sweep(marked, list(RATES), test=data.test, key=fresh)
-        return [
-            {"rate": r, "test": pct(row["test_accuracy"]), "wm": pct(row["watermark_accuracy"])}
-            for r, row in zip(RATES, pruned, strict=True)
-        ]
-
-    out["pruning"] = guarded("pruning", pruning)
+    out["pruning"] = guarded("pruning", lambda: pruning_rows(marked, RATES, data, fresh))
     save()
 
     def finetune() -> dict[str, Any]:
@@ -396,7 +389,9 @@ def run(args: argparse.Namespace, save_partial: Callable[[dict[str, Any]], None]
         }
     log("measuring the owner's key")
     results["owner"] = {}
-    owner_rows(owner, marked, clean, data, args, results["owner"], lambda: save_partial(results))
+    owner_rows(
+        owner, fresh, marked, clean, data, args, results["owner"], lambda: save_partial(results)
+    )
     if args.licensees:
         results["tracing"] = guarded(
             "tracing", lambda: tracing_rows(data, clean, marked, references, train, args)

@@ -20,16 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from common import benchmark_record, cached_key, cached_model, log, pct
+from common import benchmark_record, cached_key, cached_model, fresh_key, log, pct
 from ownmark.attacks import create_attack
 from ownmark.data import DataSplits, load_dataset
 from ownmark.fileio import write_json_atomic, write_text_atomic
 from ownmark.keys import KeySet
 from ownmark.metrics import accuracy
 from ownmark.models import Classifier
-from ownmark.schemes import create_scheme, key_label_lookup, scheme_for_key
+from ownmark.schemes import create_scheme, key_label_lookup
 from ownmark.similarity import psnr
 from ownmark.train import TrainConfig
 from ownmark.workflows import (
@@ -44,16 +42,14 @@ from ownmark.workflows import (
 def rows(
     key: KeySet, model: Classifier, data: DataSplits, args: argparse.Namespace
 ) -> dict[str, Any]:
-    images, labels = scheme_for_key(key).fresh_triggers(
-        key, data, args.fresh, torch.Generator().manual_seed(1)
-    )
+    fresh = fresh_key(key, data, args.fresh)
     lookup = key_label_lookup(key)
     target = lookup[data.test.labels]
     carries = target >= 0
     out: dict[str, Any] = {
         "test": pct(accuracy(model, data.test.images, data.test.labels)),
         "key": pct(accuracy(model, key.images, key.labels)),
-        "fresh": pct(accuracy(model, images, labels)),
+        "fresh": pct(accuracy(model, fresh.images, fresh.labels)),
         "clean_as_target": pct(
             accuracy(model, data.test.images[carries], target[carries].clamp(min=0))
         ),
@@ -63,7 +59,6 @@ def rows(
         attack = create_attack(
             "finetune", progress=False, seed=args.seed, epochs=args.finetune_epochs
         )
-        fresh = dataclasses.replace(key, images=images, labels=labels, originals=images)
         _, metrics = attack_model(model, attack, data=attacker_data(attack, data, model), key=fresh)
         out["fresh_after_finetune"] = pct(metrics["watermark_accuracy"])
     return out

@@ -230,3 +230,41 @@ def test_trace_command_and_evidence_with_both_legs(
     checked = check_evidence(evidence, key)
     assert checked.valid, checked.problems
     assert not check_evidence(evidence, keys["licensee-0"]).valid
+
+
+def test_identity_leg_travels_on_the_result_and_survives_float_noise_in_the_check(
+    licensed: tuple[dict[str, KeySet], Classifier],
+    key: KeySet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import hashlib
+
+    from ownmark.verify.evidence import _canonical
+
+    _, base = licensed
+    result = verify_ownership(key, LocalModelSuspect(Copy(base, [key])), alpha=1e-3)
+    assert result.identity is not None and result.identity["passed"] is True
+    assert result.summary()["identity"] == result.identity
+    evidence, _ = write_evidence(result, key, tmp_path / "e.json")
+
+    def rewritten(mean_shift: float) -> Path:
+        doc = json.loads(evidence.read_text())
+        doc["identity"]["mean"] += mean_shift
+        doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
+        path = tmp_path / f"shift-{mean_shift}.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    # Another machine's float rounding (a few 1e-6) is not a tampered record; 0.01 is.
+    assert check_evidence(rewritten(3e-6), key).valid
+    shifted = check_evidence(rewritten(0.01), key)
+    assert not shifted.valid and any("identity leg" in p for p in shifted.problems)
+    # The CLI prints the leg from the result (the base model is innocent: not owned, but the
+    # key's own triggers still reveal its image).
+    save_key(key, tmp_path / "k.safetensors")
+    save_model(base, tmp_path / "base.safetensors")
+    argv = ["verify", "--key", str(tmp_path / "k.safetensors")]
+    argv += ["--model", str(tmp_path / "base.safetensors"), "--evidence", str(tmp_path / "v.json")]
+    main(argv)
+    assert "identity (second leg): NCC" in capsys.readouterr().out

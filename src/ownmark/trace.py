@@ -109,9 +109,9 @@ def trace_licensees(
         for i, (name, r) in enumerate(zip(names, results, strict=True))
     ]
     found = [
-        name
-        for i, (name, r) in enumerate(zip(names, results, strict=True))
-        if r.verdict is Verdict.OWNED and adjusted[i] <= r.alpha
+        test.licensee
+        for test, r in zip(tests, results, strict=True)
+        if r.verdict is Verdict.OWNED and test.holm_p_value <= r.alpha
     ]
     if len(found) == 1:
         return TraceResult("licensee", found, tests)

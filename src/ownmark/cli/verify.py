@@ -219,9 +219,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"(separation p {control.separation_p:.1e}): "
             + ("passed" if control.passed else "FAILED")
         )
-    from ownmark.verify.evidence import load_evidence
-
-    identity = load_evidence(json_path).get("identity")  # the evidence's own record of it
+    identity = result.identity
     if identity is not None:
         print(
             f"identity (second leg): {identity['measure'].upper()} {identity['mean']:.3f} of "

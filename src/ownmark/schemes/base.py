@@ -40,9 +40,10 @@ matrix and the contract tests pick it up from :data:`SCHEMES`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -86,6 +87,20 @@ class SchemeConfig:
             raise ConfigError(f"num_keys must be at least 1, got {self.num_keys}")
         if self.num_decoys is not None and self.num_decoys < 0:
             raise ConfigError(f"num_decoys must be >= 0, got {self.num_decoys}")
+
+    def require_fractions(self, *names: str) -> None:
+        """For subclasses' ``__post_init__``: each field named lies in (0, 1]."""
+        for name in names:
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1], got {value}")
+
+    def require_weights(self, *names: str) -> None:
+        """For subclasses' ``__post_init__``: each field named is a finite number >= 0."""
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
 
 
 ConfigT = TypeVar("ConfigT", bound=SchemeConfig)
@@ -387,13 +402,18 @@ def key_matches(key: KeySet, answers: torch.Tensor, key_labels: torch.Tensor) ->
     return _match_rule(key)(answers, key_labels)
 
 
-def key_label_lookup(key: KeySet) -> torch.Tensor:
-    """Key label of each class (int64, ``key.num_classes``) from the key's label map; -1 for
-    classes that carry no trigger."""
-    lookup = torch.full((key.num_classes,), -1, dtype=torch.int64)
-    for source, target in key.params.get("label_map", {}).items():
+def label_lookup(label_map: Mapping[Any, Any], num_classes: int) -> torch.Tensor:
+    """Key label of each class (int64, ``num_classes``) from a label map (keys and values
+    ints or their strings, as a key file stores them); -1 for classes without a trigger."""
+    lookup = torch.full((num_classes,), -1, dtype=torch.int64)
+    for source, target in label_map.items():
         lookup[int(source)] = int(target)
     return lookup
+
+
+def key_label_lookup(key: KeySet) -> torch.Tensor:
+    """:func:`label_lookup` of the key's label map."""
+    return label_lookup(key.params.get("label_map", {}), key.num_classes)
 
 
 def source_rows(

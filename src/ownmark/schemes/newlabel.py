@@ -70,8 +70,7 @@ class NewLabelConfig(SchemeConfig):
         super().__post_init__()
         if self.alpha is not None and not 0.0 < self.alpha <= 0.5:
             raise ConfigError(f"alpha must lie in (0, 0.5], got {self.alpha}")
-        if not 0.0 < self.beta <= 1.0:
-            raise ConfigError(f"beta must lie in (0, 1], got {self.beta}")
+        self.require_fractions("beta")
         if self.target_class is not None:
             raise ConfigError(
                 "newlabel keys are always labelled with the extra class K; drop target_class"

@@ -35,8 +35,7 @@ class NoiseConfig(SchemeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.std <= 1.0:
-            raise ConfigError(f"std must lie in (0, 1], got {self.std}")
+        self.require_fractions("std")
 
 
 @register_scheme

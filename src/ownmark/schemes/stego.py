@@ -105,6 +105,7 @@ from ownmark.schemes.base import (
     SchemeConfig,
     WatermarkScheme,
     key_label_lookup,
+    label_lookup,
     register_scheme,
     source_rows,
 )
@@ -179,12 +180,9 @@ class StegoConfig(SchemeConfig):
             raise ConfigError(f"joint_epochs must be at least 0, got {self.joint_epochs}")
         if self.joint_images is not None and self.joint_images < 10:
             raise ConfigError(f"joint_images must be at least 10, got {self.joint_images}")
-        if not 0.0 < self.stego_share <= 1.0:
-            raise ConfigError(f"stego_share must lie in (0, 1], got {self.stego_share}")
+        self.require_fractions("stego_share", "learning_rate")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0.0 < self.learning_rate <= 1.0:
-            raise ConfigError(f"learning_rate must lie in (0, 1], got {self.learning_rate}")
         if not 1 <= self.width <= 256:
             raise ConfigError(f"width must lie in 1..256, got {self.width}")
         if not 0 <= self.blocks <= 16:
@@ -198,10 +196,7 @@ class StegoConfig(SchemeConfig):
                 f"start_psnr must lie in 12..target_psnr ({self.target_psnr}) dB, got "
                 f"{self.start_psnr}"
             )
-        for name in ("alpha", "beta", "gamma", "delta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        self.require_weights("alpha", "beta", "gamma", "delta")
         if self.gamma == 0.0 or self.alpha + self.beta == 0.0:
             raise ConfigError("the image loss must count: give gamma > 0 and alpha or beta > 0")
 
@@ -519,9 +514,7 @@ class StegoScheme(WatermarkScheme[StegoConfig]):
             )
             proxy = build_model(spec)
         config = TrainConfig(epochs=cfg.joint_epochs, key_ratio=0.0, seed=seed % 2**31)
-        lookup = torch.full((data.num_classes,), -1, dtype=torch.int64)
-        for source, target in self.joint_label_map.items():
-            lookup[source] = target
+        lookup = label_lookup(self.joint_label_map, data.num_classes)
         mixer = StegoMixer(
             cfg,
             encoder,

@@ -65,7 +65,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,16 +153,17 @@ class UDHConfig(SchemeConfig):
             raise ConfigError(
                 f"calibration_images must be at least 10, got {self.calibration_images}"
             )
-        for name in ("beta", "energy_weight", "margin", "triplet_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0.0 < self.learning_rate <= 1.0:
-            raise ConfigError(f"learning_rate must lie in (0, 1], got {self.learning_rate}")
-        for name in ("trigger_share", "identity_share"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"{name} must lie in (0, 1], got {value}")
+        self.require_weights("beta", "energy_weight", "margin", "triplet_weight")
+        self.require_fractions("learning_rate", "trigger_share", "identity_share")
+
+
+def conv_stack(channels: int, width: int, hidden: int) -> nn.Sequential:
+    """``hidden`` 3×3 convolutions with ReLU (C -> width -> ... -> width), then one back to C
+    channels; the size is kept."""
+    layers: list[nn.Module] = []
+    for i in range(hidden):
+        layers += [nn.Conv2d(channels if i == 0 else width, width, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Conv2d(width, channels, 3, padding=1))
 
 
 class HidingNet(nn.Module):
@@ -172,13 +172,7 @@ class HidingNet(nn.Module):
     def __init__(self, channels: int, width: int, bound: float) -> None:
         super().__init__()
         self.bound = bound
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, channels, 3, padding=1),
-        )
+        self.net = conv_stack(channels, width, hidden=2)
 
     def forward(self, payload: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.bound * torch.tanh(self.net(payload))
@@ -190,15 +184,7 @@ class RevealNet(nn.Module):
 
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, channels, 3, padding=1),
-        )
+        self.net = conv_stack(channels, width, hidden=3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(images)

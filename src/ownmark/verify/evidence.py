@@ -130,9 +130,8 @@ def build_evidence(
     }
     # A scheme's second leg (UDH: the copyright image revealed from the key's triggers),
     # recomputed from the key by check_evidence; absent for schemes without one.
-    identity = key_identity(key)
-    if identity is not None:
-        doc["identity"] = identity
+    if result.identity is not None:
+        doc["identity"] = result.identity
     doc["digest"] = hashlib.sha256(_canonical(doc)).hexdigest()
     return doc
 
@@ -587,7 +586,7 @@ def _check_content(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> No
     if not _close(p_value, float(res["p_value"])):
         check.problems.append(f"recorded p-value {res['p_value']}, recomputed {p_value}")
     identity = key_identity(key)
-    if identity != doc.get("identity"):
+    if not _same_identity(identity, doc.get("identity")):
         check.problems.append(
             f"the recorded identity leg {doc.get('identity')!r} differs from the one the key "
             f"gives {identity!r}"
@@ -692,6 +691,24 @@ def _check_wire(doc: dict[str, Any], key: KeySet, check: EvidenceCheck) -> None:
             f"the {protocol} suspect's request bytes are not ownmark's to re-derive (a local "
             "model or a Python adapter); only its options are recorded"
         )
+
+
+def _same_identity(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Two records of the identity leg agree: the same fields and outcome, the numbers to
+    1e-4 (they come from a network run on this machine and the one that wrote the file, and
+    are recorded to 6 decimals)."""
+    if a is None or b is None:
+        return a is b
+    if a.keys() != b.keys():
+        return False
+    for name, value in a.items():
+        other = b[name]
+        if isinstance(value, float) and isinstance(other, int | float):
+            if abs(value - other) > 1e-4:
+                return False
+        elif value != other:
+            return False
+    return True
 
 
 def _close(a: float, b: float) -> bool:

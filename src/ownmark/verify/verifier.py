@@ -37,7 +37,7 @@ import torch
 
 from ownmark.errors import ConfigError
 from ownmark.keys import KeySet
-from ownmark.schemes import answer_matcher
+from ownmark.schemes import answer_matcher, key_identity
 from ownmark.verify.stats import BinomialTest, Verdict, binomial_tail, fisher_one_sided
 from ownmark.verify.suspects import (
     InvalidAnswer,
@@ -201,6 +201,9 @@ class VerificationResult:
     options: dict[str, Any] = field(default_factory=dict)
     #: per request: the SHA-256 (and id) of each body sent, for ``evidence check``.
     wire: list[dict[str, Any]] = field(default_factory=list)
+    #: the key's scheme's second leg (:meth:`~ownmark.schemes.WatermarkScheme.identity`;
+    #: UDH: the copyright image revealed from the triggers); None for schemes without one.
+    identity: dict[str, Any] | None = None
 
     @property
     def watermark_accuracy(self) -> float:
@@ -230,6 +233,7 @@ class VerificationResult:
             "protocol": self.protocol,
             "transport": self.transport,
             "options": self.options,
+            "identity": self.identity,
         }
 
 
@@ -492,6 +496,7 @@ def verify_ownership(
         started=started,
         finished=_now(),
         records=records,
+        identity=key_identity(key),
     )
 
 
